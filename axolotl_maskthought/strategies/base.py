@@ -1,0 +1,104 @@
+"""What the gsm8k and icot strategies share: options, row checks, the axolotl protocol."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Callable
+
+from ..args import CoTFormatConfig
+from ..formats import CoTExample
+
+LOG = logging.getLogger("axolotl_maskthought.strategies")
+
+
+def format_options(cfg) -> CoTFormatConfig:
+    """The validated `cot_format:` block (defaults when absent)."""
+    block = cfg.get("cot_format") if cfg is not None else None
+    if isinstance(block, CoTFormatConfig):
+        return block
+    return CoTFormatConfig(**(dict(block) if block else {}))
+
+
+def local_file(ds_cfg) -> Path | None:
+    """The dataset's local file, when it is one (hub datasets are checked row by row)."""
+    if not ds_cfg:
+        return None
+    files = ds_cfg.get("data_files")
+    if isinstance(files, (list, tuple)) and len(files) == 1:
+        files = files[0]
+    candidate = files if isinstance(files, str) else ds_cfg.get("path")
+    if candidate and Path(candidate).is_file():
+        return Path(candidate)
+    return None
+
+
+def read_rows(path: Path) -> list[tuple[int, object]]:
+    """(1-based line number, row) for a .jsonl/.json-lines or text file; blank lines skipped."""
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            if path.suffix in (".jsonl", ".json"):
+                try:
+                    rows.append((number, json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}: row {number}: not valid JSON ({err.msg})") from None
+            else:
+                rows.append((number, {"text": line.rstrip("\n")}))
+    return rows
+
+
+class CoTStrategy:
+    """axolotl's strategy protocol: ``tokenize_prompt(row) -> dict`` plus ``filter_rows``.
+
+    ``parse`` turns a raw row into a :class:`CoTExample` or raises ``ValueError``;
+    ``tokenize`` lays it out as tokens. A local file is checked in full when the
+    strategy is loaded, so a bad row fails before tokenization with file and row.
+    """
+
+    supports_batched = False
+
+    def __init__(self, tokenizer, cfg, ds_cfg, parse: Callable[[dict], CoTExample]):
+        self.tokenizer = tokenizer
+        self.options = format_options(cfg)
+        self.train_on_inputs = bool(cfg.get("train_on_inputs")) if cfg is not None else False
+        self.parse = parse
+        self.filter_rows = self._is_valid if self.options.skip_invalid_rows else None
+        path = local_file(ds_cfg)
+        if path is not None and path.suffix in (".jsonl", ".json", ".txt", ""):
+            self.check_file(path)
+
+    def check_file(self, path: Path) -> int:
+        skipped = 0
+        for number, row in read_rows(path):
+            try:
+                self.parse(row)
+            except ValueError as err:
+                if not self.options.skip_invalid_rows:
+                    raise ValueError(
+                        f"{path}: row {number}: {err} (set `cot_format.skip_invalid_rows: true` to skip such rows)"
+                    ) from None
+                skipped += 1
+        if skipped:
+            LOG.warning("%s: skipping %d invalid rows (cot_format.skip_invalid_rows)", path, skipped)
+        return skipped
+
+    def _is_valid(self, row) -> bool:
+        try:
+            self.parse(row)
+        except ValueError:
+            return False
+        return True
+
+    def tokenize(self, example: CoTExample) -> dict:
+        raise NotImplementedError
+
+    def tokenize_prompt(self, row) -> dict:
+        try:
+            example = self.parse(row)
+        except ValueError as err:
+            raise ValueError(f"invalid row {dict(row)!r}: {err}") from None
+        return self.tokenize(example)

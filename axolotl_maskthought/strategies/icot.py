@@ -1,0 +1,28 @@
+"""``type: axolotl_maskthought.strategies.icot`` — lines ``question||cot #### answer``.
+
+axolotl loads a ``.txt`` file as rows ``{"text": line}``. Layout (official
+Stepwise Internalization): ``' {question} {eos} {cot} {eos} #### {answer} {eos}'``;
+labels -100 up to and including the first EOS; the CoT is what lies between the
+two EOS separators.
+"""
+
+from __future__ import annotations
+
+from ..formats import CoTExample, parse_icot_line, tokenize_icot
+from .base import CoTStrategy
+
+
+def parse_text_row(row) -> CoTExample:
+    text = row.get("text") if hasattr(row, "get") else None
+    if not isinstance(text, str):
+        raise ValueError("row has no `text` field (load the file as text: a .txt path)")
+    return parse_icot_line(text)
+
+
+class ICoTStrategy(CoTStrategy):
+    def tokenize(self, example):
+        return tokenize_icot(self.tokenizer, example, self.train_on_inputs)
+
+
+def load(tokenizer, cfg, ds_cfg=None):
+    return ICoTStrategy(tokenizer, cfg, ds_cfg, parse_text_row)

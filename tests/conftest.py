@@ -1,0 +1,29 @@
+"""Shared fixtures: where the offline data lives, and the environment every run needs."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(
+    os.environ.get("MASKTHOUGHT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The read-only ../shared/data directory (GSM8K and the official ICoT files)."""
+    if not (SHARED_DATA / "gsm8k" / "train.jsonl").exists():
+        pytest.fail(
+            f"offline data not found at {SHARED_DATA}; set MASKTHOUGHT_SHARED_DATA",
+            pytrace=False,
+        )
+    return SHARED_DATA
