@@ -24,6 +24,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from . import formats
+
 COT_SEPARATOR = "||"
 ANSWER_MARKER = "####"
 _ANNOTATION = re.compile(r"<<.*?>>")
@@ -116,21 +118,13 @@ def generate_multiplication(
 
 
 def parse_icot_line(line: str) -> tuple[str, str, str]:
-    """Split ``question||cot #### answer`` into ``(question, cot, answer_text)``.
+    """Split ``question||cot #### answer`` into stripped ``(question, cot, answer_text)``.
 
-    All three parts are stripped; the answer is the text after the first ``####`` and
-    the CoT may be empty.  Raises ``ValueError`` when a separator is missing or the
-    question is empty.
+    A thin tuple view of :func:`axolotl_maskthought.formats.parse_icot_line`, which
+    raises ``ValueError`` when a separator is missing or the question or answer is empty.
     """
-    question, sep, rest = line.partition(COT_SEPARATOR)
-    if not sep:
-        raise ValueError(f"ICoT line has no {COT_SEPARATOR!r}: {line[:80]!r}")
-    cot, marker, answer = rest.partition(ANSWER_MARKER)
-    if not marker:
-        raise ValueError(f"ICoT line has no {ANSWER_MARKER!r}: {line[:80]!r}")
-    if not question.strip():
-        raise ValueError(f"ICoT line has an empty question: {line[:80]!r}")
-    return question.strip(), cot.strip(), answer.strip()
+    example = formats.parse_icot_line(line)
+    return example.question, example.cot, example.answer
 
 
 def gsm8k_row_to_icot(question: str, answer: str) -> str:

@@ -64,6 +64,14 @@ def _ids(tokenizer, text: str, special: bool = False) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
+def _prompt_ids(tokenizer, text: str) -> list[int]:
+    """``text`` with the tokenizer's own special tokens (BOS), minus an auto-appended EOS."""
+    ids = _ids(tokenizer, text, special=True)
+    if ids and tokenizer.eos_token_id is not None and ids[-1] == tokenizer.eos_token_id:
+        ids = ids[:-1]
+    return ids
+
+
 def _example(prompt: list[int], cot: list[int], rest: list[int], train_on_inputs: bool) -> dict:
     input_ids = prompt + cot + rest
     labels = (list(prompt) if train_on_inputs else [IGNORE_INDEX] * len(prompt)) + cot + rest
@@ -79,7 +87,7 @@ def _example(prompt: list[int], cot: list[int], rest: list[int], train_on_inputs
 def icot_prompt_ids(tokenizer, question: str, no_cot: bool = False) -> list[int]:
     """Everything up to and including the first EOS; ``no_cot`` adds the second EOS."""
     eos = tokenizer.eos_token_id
-    ids = _ids(tokenizer, f" {question}", special=True) + [eos]
+    ids = _prompt_ids(tokenizer, f" {question}") + [eos]
     return ids + [eos] if no_cot else ids
 
 
@@ -90,7 +98,8 @@ def tokenize_icot(tokenizer, example: CoTExample, train_on_inputs: bool = False)
     if eos is None:
         raise ValueError("the tokenizer has no eos_token, which the ICoT layout uses as separator")
     prompt = icot_prompt_ids(tokenizer, example.question)
-    cot = _ids(tokenizer, f" {example.cot}")
+    # An empty CoT (no-CoT training data, `q|| #### a`) has no tokens: `q eos eos #### a eos`.
+    cot = _ids(tokenizer, f" {example.cot}") if example.cot else []
     rest = [eos] + _ids(tokenizer, f" {ANSWER_MARK} {example.answer}") + [eos]
     return _example(prompt, cot, rest, train_on_inputs)
 
@@ -98,10 +107,7 @@ def tokenize_icot(tokenizer, example: CoTExample, train_on_inputs: bool = False)
 def gsm8k_prompt_ids(tokenizer, question: str, template: str, no_cot: bool = False) -> list[int]:
     """The templated question (with the tokenizer's BOS); ``no_cot`` appends ``####``
     so the model must answer at once."""
-    ids = _ids(tokenizer, template.format(question=question), special=True)
-    # A tokenizer that appends EOS to every encoding must not end the prompt with it.
-    if ids and tokenizer.eos_token_id is not None and ids[-1] == tokenizer.eos_token_id:
-        ids = ids[:-1]
+    ids = _prompt_ids(tokenizer, template.format(question=question))
     return ids + _ids(tokenizer, ANSWER_MARK) if no_cot else ids
 
 

@@ -90,8 +90,8 @@ def test_parse_icot_line() -> None:
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("question <<1+1=2>> #### 2", "'||'"),
-        ("question||<<1+1=2>> 2", "'####'"),
+        ("question <<1+1=2>> #### 2", "`||`"),
+        ("question||<<1+1=2>> 2", "`####`"),
         ("  ||<<1+1=2>> #### 2", "empty question"),
     ],
 )
