@@ -126,6 +126,40 @@ class CoTFormatConfig(BaseModel):
         description="Skip rows without `####` or with an empty question (counted in the "
         "log) instead of failing with the file and row.",
     )
+    eval_accuracy_samples: int = Field(
+        default=0,
+        ge=0,
+        description="At each evaluation, generate greedily on the first N rows of the evaluation "
+        "set (`val_set_size` split or `test_datasets`; icot/gsm8k strategies) and log "
+        "`eval_accuracy_cot` and `eval_accuracy_no_cot` next to `eval_loss`. 0 = off.",
+    )
+    messages_field: str | None = Field(
+        default=None,
+        min_length=1,
+        description="chat_template strategy: row field holding the conversation, a list of "
+        "OpenAI-style role/content or ShareGPT-style from/value messages. null = `messages`, "
+        "else `conversations`.",
+    )
+    reasoning_field: str = Field(
+        default="reasoning_content",
+        min_length=1,
+        description="chat_template strategy: message field holding an assistant turn's "
+        "reasoning. Without it the reasoning is read from `think_tags` in the content.",
+    )
+    think_tags: list[str] = Field(
+        default=["<think>", "</think>"],
+        min_length=2,
+        max_length=2,
+        description="chat_template strategy: [open, close] tags around inline reasoning, used "
+        "to read it from the content and to inline it when the chat template has no "
+        "`reasoning_content` support. Never part of the CoT span.",
+    )
+    reasoning_turns: Literal["last", "all"] = Field(
+        default="last",
+        description="chat_template strategy: whose reasoning is rendered and spanned. last = the "
+        "final assistant turn only (earlier turns without it, as Qwen3-style templates render "
+        "conversations); all = every assistant turn (fails if the template drops some).",
+    )
 
     @model_validator(mode="after")
     def _known_template(self):
@@ -133,6 +167,11 @@ class CoTFormatConfig(BaseModel):
             raise ValueError(
                 "`cot_format.prompt_template` must be `alpaca`, `plain` or a string "
                 f"containing `{{question}}`, got {self.prompt_template!r}"
+            )
+        open_tag, close_tag = self.think_tags
+        if not open_tag.strip() or not close_tag.strip() or open_tag == close_tag:
+            raise ValueError(
+                f"`cot_format.think_tags` must be two different non-blank tags, got {self.think_tags!r}"
             )
         return self
 

@@ -10,7 +10,7 @@ from typing import Callable
 from ..args import CoTFormatConfig
 from ..formats import CoTExample
 
-LOG = logging.getLogger("axolotl_maskthought.strategies")
+LOG = logging.getLogger("axolotl.maskthought.strategies")
 
 
 def format_options(cfg) -> CoTFormatConfig:
@@ -35,8 +35,19 @@ def local_file(ds_cfg) -> Path | None:
 
 
 def read_rows(path: Path) -> list[tuple[int, object]]:
-    """(1-based line number, row) for a .jsonl/.json-lines or text file; blank lines skipped."""
+    """(1-based line number, row) for a .jsonl/.json-lines or text file; blank lines skipped.
+
+    A .json file holding one JSON array (which axolotl also loads) gives (1-based index, row).
+    """
     rows = []
+    if path.suffix == ".json":
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        if text.lstrip().startswith("["):
+            try:
+                return list(enumerate(json.loads(text), start=1))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: not a valid JSON array ({err.msg}, line {err.lineno})") from None
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():

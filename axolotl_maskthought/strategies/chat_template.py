@@ -1,0 +1,318 @@
+"""``type: axolotl_maskthought.strategies.chat_template`` — chat conversations whose
+assistant turns reason before answering, laid out by the model's chat template.
+
+Rows hold a conversation in ``cot_format.messages_field`` (default ``messages``,
+else ``conversations``): OpenAI-style ``role``/``content`` messages or
+ShareGPT-style ``from``/``value`` (human, gpt, system). An assistant turn's
+reasoning sits in ``cot_format.reasoning_field`` (default ``reasoning_content``)
+or inline at the start of its content between ``cot_format.think_tags``
+(``<think>…</think>``; a lone ``…</think>`` also counts, as R1-style data writes
+it). Reasoning and answer are stripped of edge whitespace.
+
+Rendering: the template is axolotl's choice (``chat_template:`` /
+``chat_template_jinja:``, per dataset or top level, else the tokenizer's own).
+If the template renders a message's ``reasoning_content`` (probed once), the
+reasoning goes there; otherwise it is inlined as
+``{open}\\n{reasoning}\\n{close}\\n\\n{answer}``. ``cot_format.reasoning_turns``
+chooses whose reasoning is rendered: ``last`` (the final assistant turn, as
+Qwen3-style templates render a finished conversation) or ``all``.
+
+Spans: the conversation is rendered once with a placeholder in place of every
+assistant answer and reasoning, the placeholders give the character spans, and
+a second render with the real text must equal the substituted text (else the
+template rewrites message text and the row is refused). The text is tokenized
+as ``apply_chat_template`` does (no added special tokens), and the offset
+mapping turns character spans into tokens:
+
+- labels (as axolotl's ``chat_template`` with its defaults): every token that
+  overlaps an assistant turn's message text, from its reasoning (with the
+  opening tag when inlined; a template's own ``<think>`` is markup) or its
+  answer to the end of its answer, plus the first end-of-turn token
+  (``eot_tokens:`` top-level key, default the EOS token) at most 3 tokens after
+  it. System, user and tool turns and all role headers stay -100
+  (everything is trained under ``train_on_inputs: true``);
+- ``cot_mask``: tokens overlapping a rendered reasoning text whose characters
+  outside it are whitespace only. Think tags, role headers and the answer are
+  never in it.
+
+Tool calls rendered from a message's extra keys are passed to the template but
+not trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..formats import IGNORE_INDEX
+from .base import LOG, CoTStrategy, format_options
+
+ROLES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "tool": "tool",
+}
+TEMPLATE_REASONING_KEY = "reasoning_content"  # what HF reasoning templates (Qwen3, DeepSeek-R1) read
+EOT_SEARCH_WINDOW = 3  # as axolotl: the end-of-turn token may follow the answer by a few tokens
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message. ``reasoning`` is None when an assistant turn has none."""
+
+    role: str
+    content: str
+    reasoning: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def split_inline_reasoning(content: str, think_tags) -> tuple[str | None, str]:
+    """``(reasoning, answer)`` from ``<think>reasoning</think>answer`` (or ``reasoning</think>answer``)."""
+    open_tag, close_tag = think_tags
+    if close_tag not in content:
+        if open_tag in content:
+            raise ValueError(f"`{open_tag}` without a closing `{close_tag}`")
+        return None, content
+    head, answer = content.split(close_tag, 1)
+    if open_tag in head:
+        before, reasoning = head.split(open_tag, 1)
+        if before.strip():
+            raise ValueError(f"text before `{open_tag}` in an assistant turn")
+    else:
+        reasoning = head
+    if open_tag in answer or close_tag in answer:
+        raise ValueError(f"more than one `{open_tag}…{close_tag}` block in an assistant turn")
+    return reasoning, answer
+
+
+def parse_conversation(row, messages_field: str | None, reasoning_field: str, think_tags) -> list[Turn]:
+    """The row's messages as :class:`Turn` objects; ``ValueError`` names what is wrong."""
+    if not hasattr(row, "get"):
+        raise ValueError("row is not a JSON object")
+    names = [messages_field] if messages_field else ["messages", "conversations"]
+    messages = next((row.get(name) for name in names if row.get(name) is not None), None)
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"no conversation: field {' / '.join(f'`{n}`' for n in names)} is missing or empty")
+    turns = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise ValueError(f"message {index} is not an object")
+        sharegpt = "from" in message and "role" not in message
+        role_key, content_key = ("from", "value") if sharegpt else ("role", "content")
+        role = ROLES.get(message.get(role_key))
+        if role is None:
+            raise ValueError(
+                f"message {index}: unknown {role_key} {message.get(role_key)!r} "
+                f"(expected one of {', '.join(sorted(ROLES))})"
+            )
+        content = message.get(content_key)
+        content = "" if content is None else content
+        if not isinstance(content, str):
+            raise ValueError(f"message {index}: `{content_key}` is not a string")
+        extra = {k: v for k, v in message.items() if k not in (role_key, content_key, reasoning_field) and v is not None}
+        reasoning = message.get(reasoning_field)
+        if role != "assistant":
+            turns.append(Turn(role, content, extra=extra))
+            continue
+        inline, answer = split_inline_reasoning(content, think_tags)
+        if reasoning is not None and inline is not None:
+            raise ValueError(f"message {index}: reasoning both in `{reasoning_field}` and inline in the content")
+        if reasoning is not None and not isinstance(reasoning, str):
+            raise ValueError(f"message {index}: `{reasoning_field}` is not a string")
+        reasoning = reasoning if reasoning is not None else inline
+        turns.append(Turn(role, answer.strip(), None if reasoning is None else reasoning.strip(), extra))
+    if not any(turn.role == "assistant" for turn in turns):
+        raise ValueError("no assistant turn")
+    return turns
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """The rendered conversation and the character spans (start, end) inside ``text``."""
+
+    text: str
+    trained: list[tuple[int, int]]
+    reasoning: list[tuple[int, int]]
+
+
+def _placeholder(kind: str, index: int) -> str:
+    # Private-use code points: no template touches them and no dataset contains them.
+    return f"\ue000{kind}{index}\ue001"
+
+
+class ChatTemplateCoTStrategy(CoTStrategy):
+    def __init__(self, tokenizer, cfg, ds_cfg, parse, chat_template: str):
+        options = format_options(cfg)
+        self.chat_template = chat_template
+        self.template_kwargs = dict((cfg.get("chat_template_kwargs") if cfg is not None else None) or {})
+        self.think_tags = tuple(options.think_tags)
+        self.reasoning_turns = options.reasoning_turns
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError("the chat_template strategy needs a fast tokenizer (offset mapping)")
+        self.tokenizer = tokenizer
+        self.reasoning_in_template = self._template_renders_reasoning()
+        self.eot_ids = self._eot_token_ids((cfg.get("eot_tokens") if cfg is not None else None) or [tokenizer.eos_token])
+        super().__init__(tokenizer, cfg, ds_cfg, parse)
+
+    # ---- template ------------------------------------------------------------
+    def _apply(self, messages: list[dict]) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, chat_template=self.chat_template, add_generation_prompt=False,
+            **self.template_kwargs,
+        )
+
+    def _template_renders_reasoning(self) -> bool:
+        probe = _placeholder("probe", 0)
+        text = self._apply([
+            {"role": "user", "content": "question"},
+            {"role": "assistant", "content": "answer", TEMPLATE_REASONING_KEY: probe},
+        ])
+        return probe in text
+
+    def _eot_token_ids(self, tokens) -> set[int]:
+        ids = set()
+        for token in tokens:
+            if token is None:
+                continue
+            encoded = self.tokenizer.encode(token, add_special_tokens=False)
+            if len(encoded) != 1:
+                raise ValueError(f"`eot_tokens`: {token!r} is not a single token of the tokenizer")
+            if token not in self.chat_template and not (token == self.tokenizer.eos_token and "eos_token" in self.chat_template):
+                LOG.warning("end-of-turn token %r does not appear in the chat template; it will not be trained", token)
+            ids.add(encoded[0])
+        return ids
+
+    def _messages(self, turns: list[Turn], fill) -> list[dict]:
+        """Template messages; ``fill(kind, index, text)`` gives each assistant answer/reasoning."""
+        last = max(i for i, turn in enumerate(turns) if turn.role == "assistant")
+        open_tag, close_tag = self.think_tags
+        messages = []
+        for index, turn in enumerate(turns):
+            message = {**turn.extra, "role": turn.role}
+            keep = turn.reasoning is not None and (self.reasoning_turns == "all" or index == last)
+            if turn.role != "assistant":
+                message["content"] = turn.content
+            elif keep and self.reasoning_in_template:
+                message[TEMPLATE_REASONING_KEY] = fill("r", index, turn.reasoning)
+                message["content"] = fill("a", index, turn.content)
+            elif keep:
+                message["content"] = (
+                    f"{open_tag}\n{fill('r', index, turn.reasoning)}\n{close_tag}\n\n{fill('a', index, turn.content)}"
+                )
+            else:
+                message["content"] = fill("a", index, turn.content)
+            messages.append(message)
+        return messages
+
+    def render(self, turns: list[Turn]) -> Rendering:
+        texts = {}
+
+        def placeholder(kind, index, text):
+            texts[_placeholder(kind, index)] = (kind, index, text)
+            return _placeholder(kind, index)
+
+        marked = self._apply(self._messages(turns, placeholder))
+        found = []
+        for mark, (kind, index, _) in texts.items():
+            count = marked.count(mark)
+            if count != 1:
+                what = "reasoning" if kind == "r" else "answer"
+                hint = "; set `cot_format.reasoning_turns: last`" if kind == "r" and count == 0 else ""
+                raise ValueError(
+                    f"the chat template renders the {what} of message {index} {count} times, not once{hint}"
+                )
+            found.append((marked.index(mark), mark))
+        pieces, spans, cursor = [], {}, 0
+        length = 0
+        for position, mark in sorted(found):
+            kind, index, text = texts[mark]
+            pieces.append(marked[cursor:position])
+            length += position - cursor
+            spans[(kind, index)] = (length, length + len(text))
+            pieces.append(text)
+            length += len(text)
+            cursor = position + len(mark)
+        pieces.append(marked[cursor:])
+        text = "".join(pieces)
+        if self._apply(self._messages(turns, lambda kind, index, value: value)) != text:
+            raise ValueError(
+                "the chat template rewrites assistant text (the render differs from the one with "
+                "placeholders), so the reasoning span cannot be located"
+            )
+        trained, reasoning = [], []
+        open_tag = self.think_tags[0]
+        previous_end = 0
+        for index, turn in enumerate(turns):
+            if turn.role != "assistant":
+                continue
+            answer = spans[("a", index)]
+            start = answer[0]
+            if ("r", index) in spans:
+                reasoning_span = spans[("r", index)]
+                reasoning.append(reasoning_span)
+                start = reasoning_span[0]
+                if not self.reasoning_in_template:
+                    # Inlined, the opening tag is message text (trained, as axolotl does);
+                    # a template's own tags are markup (not trained).
+                    tag = text.rfind(open_tag, previous_end, start)
+                    if tag >= 0 and not text[tag + len(open_tag):start].strip():
+                        start = tag
+            trained.append((start, answer[1]))
+            previous_end = answer[1]
+        return Rendering(text, trained, reasoning)
+
+    # ---- tokens ----------------------------------------------------------------
+    def tokenize(self, turns: list[Turn]) -> dict:
+        rendering = self.render(turns)
+        text = rendering.text
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        input_ids = list(encoded["input_ids"])
+        offsets = encoded["offset_mapping"]
+        labels = list(input_ids) if self.train_on_inputs else [IGNORE_INDEX] * len(input_ids)
+        for span_start, span_end in rendering.trained:
+            inside = [i for i, (s, e) in enumerate(offsets) if s < span_end and e > span_start]
+            if not inside:
+                continue
+            for i in inside:
+                labels[i] = input_ids[i]
+            after = inside[-1] + 1
+            for i in range(after, min(after + EOT_SEARCH_WINDOW + 1, len(input_ids))):
+                if input_ids[i] in self.eot_ids:
+                    labels[i] = input_ids[i]
+                    break
+        cot_mask = [0] * len(input_ids)
+        for span_start, span_end in rendering.reasoning:
+            if span_start == span_end:
+                continue  # an empty think block: nothing to mask or remove
+            for i, (s, e) in enumerate(offsets):
+                overlaps = s < span_end and e > span_start
+                if overlaps and not text[s:span_start].strip() and not text[span_end:e].strip():
+                    cot_mask[i] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": [1] * len(input_ids),
+            "labels": labels,
+            "cot_mask": cot_mask,
+        }
+
+    def tokenize_prompt(self, row) -> dict:
+        try:
+            return self.tokenize(self.parse(row))
+        except ValueError as err:
+            raise ValueError(f"invalid row {dict(row)!r}: {err}") from None
+
+
+def load(tokenizer, cfg, ds_cfg=None):
+    from axolotl.utils.chat_templates import get_chat_template_from_config
+
+    options = format_options(cfg)
+    if ds_cfg is not None and not isinstance(ds_cfg, dict):
+        ds_cfg = ds_cfg.model_dump()  # a pydantic DatasetConfig (axolotl's DictDefault is a dict)
+    chat_template = get_chat_template_from_config(cfg=cfg, ds_cfg=ds_cfg or {}, tokenizer=tokenizer)
+
+    def parse(row):
+        return parse_conversation(row, options.messages_field, options.reasoning_field, options.think_tags)
+
+    return ChatTemplateCoTStrategy(tokenizer, cfg, ds_cfg, parse, chat_template)
