@@ -59,6 +59,15 @@ def check_config(data: dict) -> None:
                 "`replacement: random` or `pad`"
             )
 
+    if _get(removal, "keep_position") and data.get("sample_packing"):
+        # Packed rows carry no attention mask: examples are told apart by position ids
+        # that restart, and sdpa/eager read any gap in them as a new example.
+        raise ValueError(
+            "`cot_removal.keep_position: true` cannot be combined with `sample_packing: true`: "
+            "the kept position ids jump over the removed tokens, and packed attention reads "
+            "the jump as the start of another example, cutting the question off; set one to false"
+        )
+
     if removal is not None and data.get("rl"):
         raise ValueError("`cot_removal` works with supervised fine-tuning only; remove `rl`")
     if masked is not None and data.get("rl"):

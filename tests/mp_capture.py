@@ -1,0 +1,240 @@
+"""Watching plugins for the end-to-end tests of examples, packing, no-op and DDP.
+
+They change nothing the model sees; they record it.
+
+In-process runs (:func:`train_in_process`, plugin ``mp_capture.RecordInProcess``):
+the validated cfg, the trainer, and every forward call's inputs (cpu copies).
+
+Multi-process runs (plugin ``mp_capture.CapturePerRank``, listed after ours, with
+``tests/`` on ``PYTHONPATH``): per data-parallel rank, what the training did, written
+to ``$MASKTHOUGHT_CAPTURE_DIR/rank<RANK>.json`` when training ends:
+
+- ``applied_counts``: the trainer's optimizer step -> removal count in force;
+- ``resets``: optimizer steps at which the optimizer state was reset;
+- ``mask_hashes``: per optimizer step, a hash of the masked positions of each
+  micro-batch (recorded from the masking function's own output);
+- ``removed``: per optimizer step, the removed token counts per example;
+- ``param_checksum``: a hash of every trained parameter after training (DDP keeps
+  replicas identical only if every rank took the same optimizer steps, resets included);
+- ``world_size``, ``backend``, ``parallel_mode`` (at trainer creation),
+  ``micro_batches_per_epoch``, ``global_step``, logged ``losses``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from axolotl.integrations.base import BasePlugin
+
+RECORD_PLUGIN = "mp_capture.RecordInProcess"
+MASKTHOUGHT_PLUGIN = "axolotl_maskthought.MaskThoughtPlugin"
+RUN_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "AXOLOTL_DO_NOT_TRACK": "1",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+FORWARD_KEYS = ("input_ids", "labels", "attention_mask", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k")
+FA_VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+RECORD: dict = {}  # filled by RecordInProcess during train_in_process
+
+CAPTURE_DIR_ENV = "MASKTHOUGHT_CAPTURE_DIR"
+CPU_DEVICE_MAP_ENV = "MASKTHOUGHT_CAPTURE_CPU_DEVICE_MAP"
+
+
+def _digest(tensor) -> str:
+    import torch
+
+    data = tensor.detach().to("cpu", torch.int64).contiguous().numpy().tobytes()
+    shape = ",".join(map(str, tensor.shape)).encode()
+    return hashlib.sha256(shape + b"|" + data).hexdigest()[:16]
+
+
+def _param_checksum(model) -> str:
+    import torch
+
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
+        if param.requires_grad:
+            digest.update(name.encode())
+            digest.update(param.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class CapturePerRank(BasePlugin):
+    def __init__(self):
+        super().__init__()
+        self.trainer = None
+        self.record = {"resets": [], "mask_hashes": {}, "removed": {}}
+
+    def load_datasets(self, cfg, preprocess: bool = False):
+        # CPU only: with WORLD_SIZE > 1 axolotl 0.19's normalize_config pins
+        # `device_map = {"": LOCAL_RANK}` (axolotl/utils/config/__init__.py:229-230), an
+        # accelerator ordinal that transformers refuses without one ("Cannot access
+        # accelerator device when none is available"). This is the last hook that runs
+        # before the model loader reads cfg.device_map; the model stays on the CPU.
+        if os.environ.get(CPU_DEVICE_MAP_ENV) == "1":
+            cfg.device_map = "cpu"
+        return None
+
+    def post_trainer_create(self, cfg, trainer):
+        from axolotl_maskthought import optimizer_reset, trainer as trainer_module
+
+        import torch.distributed as dist
+
+        self.trainer = trainer
+        record = self.record
+        # The process group is gone by post_train: note what training runs under.
+        record["world_size"] = dist.get_world_size() if dist.is_initialized() else 1
+        record["backend"] = dist.get_backend() if dist.is_initialized() else None
+        record["parallel_mode"] = str(trainer.args.parallel_mode)
+
+        def current_step() -> str:
+            return str(trainer.state.global_step)
+
+        original_mask = trainer_module.mask_thought
+
+        def recording_mask(*args, **kwargs):
+            masked, positions = original_mask(*args, **kwargs)
+            record["mask_hashes"].setdefault(current_step(), []).append(_digest(positions))
+            return masked, positions
+
+        original_remove = trainer_module.remove_cot
+
+        def recording_remove(*args, **kwargs):
+            result = original_remove(*args, **kwargs)
+            record["removed"].setdefault(current_step(), []).append(result.removed_per_example.tolist())
+            return result
+
+        original_reset = optimizer_reset.reset_optimizer_state
+
+        def recording_reset(optimizer, *args, **kwargs):
+            record["resets"].append(trainer.state.global_step)
+            return original_reset(optimizer, *args, **kwargs)
+
+        trainer_module.mask_thought = recording_mask
+        trainer_module.remove_cot = recording_remove
+        optimizer_reset.reset_optimizer_state = recording_reset
+
+    def post_train(self, cfg, model):
+        # Called twice by axolotl; the second write has the same content.
+        trainer = self.trainer
+        directory = Path(os.environ[CAPTURE_DIR_ENV])
+        directory.mkdir(parents=True, exist_ok=True)
+        rank = int(os.environ.get("RANK", "0"))
+        payload = {
+            **self.record,
+            "rank": rank,
+            "applied_counts": {str(k): v for k, v in trainer.applied_counts.items()},
+            "micro_batches_per_epoch": trainer.micro_batches_per_epoch,
+            "global_step": trainer.state.global_step,
+            "param_checksum": _param_checksum(trainer.model),
+            "losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
+        }
+        (directory / f"rank{rank}.json").write_text(json.dumps(payload, indent=1, sort_keys=True))
+
+
+# ---- in-process runs -----------------------------------------------------------------
+def _record_forward(module, args, kwargs):
+    values = dict(kwargs)
+    if args and "input_ids" not in values:
+        values["input_ids"] = args[0]
+    entry = {"training": bool(module.training)}
+    for key in FORWARD_KEYS:
+        value = values.get(key)
+        entry[key] = value.detach().cpu().clone() if value is not None else None
+    entry["max_length_q"] = values.get("max_length_q")
+    RECORD["forwards"].append(entry)
+
+
+class RecordInProcess(BasePlugin):
+    def post_trainer_create(self, cfg, trainer):
+        RECORD["cfg"] = cfg
+        RECORD["trainer"] = trainer
+        trainer.model.register_forward_pre_hook(_record_forward, with_kwargs=True)
+
+
+class EmitFlashVarlenKwargs(BasePlugin):
+    """Makes the training collator add flash-attention varlen metadata to every batch,
+    computed from its position ids, as axolotl 0.21's packing collators do with
+    flash-attention (``emit_fa_varlen_kwargs``, axolotl 0.21 core/builders/causal.py:659)."""
+
+    def post_trainer_create(self, cfg, trainer):
+        from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+
+        collator = trainer.data_collator
+        holder = collator if hasattr(collator, "inner") else None
+        inner = holder.inner if holder is not None else collator
+
+        def emitting(features, *args, **kwargs):
+            batch = inner(features, *args, **kwargs)
+            (cu_q, cu_k), (max_q, max_k) = prepare_fa_kwargs_from_position_ids(batch["position_ids"])
+            batch.update(cu_seq_lens_q=cu_q, cu_seq_lens_k=cu_k.clone(), max_length_q=int(max_q),
+                         max_length_k=int(max_k))
+            return batch
+
+        if holder is not None:
+            holder.inner = emitting
+        else:
+            trainer.data_collator = trainer.train_data_collator = emitting
+
+
+def run_config(base_model, output_dir, datasets, **extra) -> dict:
+    """A small CPU training config (keys in ``extra`` override; ``None`` removes a key)."""
+    output_dir = Path(output_dir)
+    config = {
+        "base_model": str(base_model),
+        "plugins": [MASKTHOUGHT_PLUGIN, RECORD_PLUGIN],
+        "datasets": datasets,
+        "dataset_prepared_path": str(output_dir.parent / f"prepared-{output_dir.name}"),
+        "sequence_len": 256,
+        "micro_batch_size": 4,
+        "gradient_accumulation_steps": 1,
+        "num_epochs": 1,
+        "max_steps": 4,
+        "learning_rate": 0.001,
+        "optimizer": "adamw_torch",
+        "lr_scheduler": "constant",
+        "bf16": False,
+        "fp16": False,
+        "tf32": False,
+        "seed": 7,
+        "output_dir": str(output_dir),
+        "val_set_size": 0,
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "dataloader_num_workers": 0,
+    }
+    config.update(extra)
+    return {key: value for key, value in config.items() if value is not None}
+
+
+def train_in_process(config_path) -> dict:
+    """``axolotl.cli.train.do_cli`` here; returns {"cfg", "trainer", "forwards"} as recorded.
+
+    The config must list ``mp_capture.RecordInProcess``. Plugins registered by earlier
+    runs in this process are forgotten first, as a fresh process would have none.
+    """
+    from axolotl.cli.train import do_cli
+    from axolotl.integrations.base import PluginManager
+
+    for key, value in RUN_ENV.items():
+        os.environ.setdefault(key, value)
+    PluginManager.get_instance().plugins.clear()
+    RECORD.clear()
+    RECORD.update(cfg=None, trainer=None, forwards=[])
+    argv = sys.argv
+    sys.argv = [argv[0]]  # do_cli parses trainer CLI arguments from sys.argv
+    try:
+        do_cli(config=str(config_path))
+    finally:
+        sys.argv = argv
+    if RECORD["trainer"] is None:
+        raise RuntimeError(f"{RECORD_PLUGIN} saw no trainer: is it listed in `plugins:`?")
+    return dict(RECORD)

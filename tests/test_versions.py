@@ -1,0 +1,125 @@
+"""What the package relies on in axolotl and transformers, checked on the installed versions.
+
+The supported range is in setup.py; 0.20.0 and 0.21.0 were read from their wheels
+(see the versions report). These tests fail early, with the name of what moved, when
+the package is installed next to a newer axolotl.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Every axolotl import of the package (grep `from axolotl` in axolotl_maskthought/).
+AXOLOTL_IMPORTS = [
+    ("axolotl.integrations.base", "BasePlugin"),
+    ("axolotl.loaders", "load_tokenizer"),
+    ("axolotl.core.trainers.base", "AxolotlTrainer"),
+    ("axolotl.utils.collators.batching", "BatchSamplerDataCollatorForSeq2Seq"),
+    ("axolotl.utils.collators.batching", "V2BatchSamplerDataCollatorForSeq2Seq"),
+    ("axolotl.utils.chat_templates", "get_chat_template_from_config"),
+    ("axolotl.cli.args", "TrainerCliArgs"),
+    ("axolotl.cli.config", "load_cfg"),
+    ("axolotl.common.datasets", "load_datasets"),
+    ("axolotl.train", "train"),
+]
+
+
+def test_installed_axolotl_is_in_the_supported_range():
+    from importlib.metadata import version
+
+    from packaging.specifiers import SpecifierSet
+
+    setup = (REPO_ROOT / "setup.py").read_text()
+    spec = re.search(r'"axolotl([<>=!~][^"]*)"', setup).group(1)
+    assert version("axolotl") in SpecifierSet(spec), f"axolotl {version('axolotl')} outside {spec}"
+
+
+@pytest.mark.parametrize("module, name", AXOLOTL_IMPORTS)
+def test_axolotl_import(module, name):
+    assert hasattr(importlib.import_module(module), name), f"{module}.{name}"
+
+
+def test_plugin_hooks_match_axolotls_signatures():
+    from axolotl.integrations.base import BasePlugin, PluginManager
+
+    from axolotl_maskthought import MaskThoughtPlugin
+
+    ours = {name for name, value in vars(MaskThoughtPlugin).items() if callable(value) and not name.startswith("_")}
+    assert ours, "the plugin defines no hooks?"
+    for name in sorted(ours):
+        assert hasattr(BasePlugin, name), f"`{name}` is not a BasePlugin hook in this axolotl"
+        assert hasattr(PluginManager, name), f"axolotl's PluginManager never dispatches `{name}`"
+        expected = list(inspect.signature(getattr(BasePlugin, name)).parameters)
+        actual = list(inspect.signature(getattr(MaskThoughtPlugin, name)).parameters)
+        assert actual == expected, f"{name}{tuple(actual)} vs BasePlugin{tuple(expected)}"
+
+
+def test_trainer_methods_we_override_or_call_exist():
+    from axolotl.core.trainers.base import AxolotlTrainer
+
+    from axolotl_maskthought.trainer import MaskThoughtTrainer
+
+    expected = {
+        "get_batch_samples": ["self", "epoch_iterator", "num_batches", "device"],
+        "_get_num_items_in_batch": ["self", "batch_samples", "device"],
+        "compute_loss": ["self", "model", "inputs", "return_outputs", "num_items_in_batch"],
+        "get_train_dataloader": ["self"],
+        "_set_signature_columns_if_needed": ["self"],
+        "store_metrics": ["self", "metrics", "train_eval"],
+    }
+    for name, parameters in expected.items():  # what we pass comes first; later ones have defaults
+        actual = list(inspect.signature(getattr(AxolotlTrainer, name)).parameters)
+        assert actual[: len(parameters)] == parameters, f"{name}{tuple(actual)}"
+    assert "_save_checkpoint" in vars(AxolotlTrainer) or hasattr(AxolotlTrainer, "_save_checkpoint")
+    # The HF loop must still fetch micro-batches through get_batch_samples.
+    from transformers import Trainer
+
+    loop = "".join(inspect.getsource(getattr(Trainer, name)) for name in ("_inner_training_loop", "_run_epoch")
+                   if hasattr(Trainer, name))
+    assert "self.get_batch_samples(" in loop
+    assert MaskThoughtTrainer.get_batch_samples is not Trainer.get_batch_samples
+
+
+def test_packing_with_flash_varlen_metadata_in_batches(tmp_path):
+    """axolotl 0.21 packs with flash-attention by adding `cu_seq_lens_*` / `max_length_*`
+    to every batch in the collator, computed before our CoT removal shortens the rows.
+    Simulated here on 0.19 (sdpa): removal must not choke on them, and the model must
+    not receive metadata of the pre-removal layout."""
+    from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+
+    from axolotl_maskthought.data import generate_arithmetic, write_jsonl
+    from axolotl_maskthought.tiny import build_tiny
+    from mp_capture import MASKTHOUGHT_PLUGIN, RECORD_PLUGIN, run_config, train_in_process
+
+    rows = generate_arithmetic(32, seed=9, terms=3)
+    data = tmp_path / "arith.jsonl"
+    write_jsonl(data, rows)
+    base = build_tiny(tmp_path / "model", [r["question"] + " " + r["answer"] for r in rows],
+                      vocab_size=300, hidden=32, layers=1, heads=2)
+    config = run_config(
+        base, tmp_path / "out", [{"path": str(data), "ds_type": "json", "type": "axolotl_maskthought.strategies.gsm8k"}],
+        plugins=[MASKTHOUGHT_PLUGIN, "mp_capture.EmitFlashVarlenKwargs", RECORD_PLUGIN],
+        sample_packing=True, attn_implementation="sdpa", micro_batch_size=1, max_steps=3,
+        cot_format={"prompt_template": "plain"},
+        cot_removal={"tokens_per_epoch": 40, "smoothing_lambda": None},
+        masked_thought={"ratio": 0.3, "warmup": 0},
+    )
+    path = tmp_path / "varlen.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    run = train_in_process(path)
+    assert max(run["trainer"].applied_counts.values()) > 0
+    forwards = [forward for forward in run["forwards"] if forward["training"]]
+    assert len(forwards) == 3
+    for forward in forwards:
+        if forward["cu_seq_lens_q"] is None:
+            continue  # dropped: transformers derives them from the position ids
+        (cu_q, _), _ = prepare_fa_kwargs_from_position_ids(forward["position_ids"])
+        assert forward["cu_seq_lens_q"].tolist() == cu_q.tolist(), "stale flash-attention metadata"
