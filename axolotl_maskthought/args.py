@@ -7,9 +7,10 @@ model is loaded.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PROMPT_TEMPLATES = {
     "alpaca": (
@@ -73,7 +74,8 @@ class CoTRemovalConfig(BaseModel):
         default=4,
         gt=0,
         description="λ: each example removes an extra o ∈ {0..99} tokens with "
-        "P(o) ∝ e^(-λo) (tail mass on 99). null = no smoothing. Off at evaluation.",
+        "P(o) ∝ e^(-λo) (tail mass on 99). null (stored as .inf, the official value) = "
+        "no smoothing. Off at evaluation.",
     )
     side: Literal["left", "right"] = Field(
         default="left", description="left = drop the first CoT tokens; right = the last ones."
@@ -100,6 +102,13 @@ class CoTRemovalConfig(BaseModel):
         description="Kept tokens keep their original position ids, as if the removed "
         "tokens were still there (otherwise positions restart per example).",
     )
+
+    @field_validator("smoothing_lambda", mode="before")
+    @classmethod
+    def _null_smoothing_as_inf(cls, value):
+        # axolotl dumps its validated config with exclude_none=True and the trainer reads
+        # the block back, so an explicit null would return as the default λ = 4.
+        return math.inf if value is None else value
 
 
 class CoTFormatConfig(BaseModel):

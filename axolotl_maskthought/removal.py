@@ -155,8 +155,13 @@ def remove_cot(
         padding = ~compact(torch.ones_like(input_ids, dtype=torch.bool), False)
         out["position_ids"] = torch.where(padding, pad_positions.to(positions.dtype), positions)
 
+    examples = real.flatten()
+    if attention_mask is None:
+        # Packed rows without a mask (axolotl drops it for sdpa/eager packing): the padding
+        # tail is a segment of its own, with no trained label and no CoT; not an example.
+        examples = examples & ((batch["labels"].flatten() != -100) | cot)
     real_segments = torch.zeros(num_segments, dtype=torch.long, device=device).scatter_add_(
-        0, segment, real.flatten().long()
+        0, segment, examples.long()
     ) > 0
     removed_count = to_remove[real_segments]
     return RemovalResult(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 
 import torch
@@ -29,8 +30,12 @@ from .schedule import (
     smoothing_distribution,
 )
 
-LOG = logging.getLogger("axolotl_maskthought")
+LOG = logging.getLogger("axolotl.maskthought")
 STATE_FILE = "maskthought_state.json"
+# Flash-attention varlen metadata that axolotl >= 0.21's packing collators compute from
+# the position ids (`emit_fa_varlen_kwargs`); it describes the rows before CoT removal,
+# so it is dropped and transformers derives it again from the new position ids.
+FA_VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
 
 def _distributed() -> bool:
@@ -66,8 +71,8 @@ class MaskThoughtTrainer(AxolotlTrainer):
         self.masked_thought, self.cot_removal = masked_thought, cot_removal
         self._smoothing_probs = (
             smoothing_distribution(cot_removal.smoothing_lambda)
-            if cot_removal is not None and cot_removal.smoothing_lambda is not None
-            else None
+            if cot_removal is not None and math.isfinite(cot_removal.smoothing_lambda or math.inf)
+            else None  # null / .inf: no smoothing
         )
         needs_span = cot_removal is not None or (masked_thought is not None and masked_thought.scope == "reasoning")
         columns = getattr(self.train_dataset, "column_names", None)
@@ -166,6 +171,8 @@ class MaskThoughtTrainer(AxolotlTrainer):
                 self.all_cot_removed_last_batch = False
             else:
                 generator = make_generator(step_seed(self.args.seed, rank, step, micro_step, "removal"), cot_mask.device)
+                for key in FA_VARLEN_KEYS:
+                    batch.pop(key, None)
                 result = remove_cot(
                     {**batch, COT_MASK: cot_mask},
                     cot_mask,
@@ -184,7 +191,7 @@ class MaskThoughtTrainer(AxolotlTrainer):
                 stats = result.stats()
                 self.store_metrics(
                     {
-                        "cot_removal/scheduled": _show(self.count_in_force),
+                        "cot_removal/scheduled": float(_show(self.count_in_force)),  # floats: axolotl averages them
                         "cot_removal/removed_tokens_mean": stats["removed_tokens_mean"],
                         "cot_removal/no_cot_fraction": stats["no_cot_fraction"],
                     },
@@ -233,6 +240,8 @@ class MaskThoughtTrainer(AxolotlTrainer):
         cot_mask = inputs.pop(COT_MASK, None)
         if cot_mask is not None and not model.training and self.cot_removal is not None:
             # Evaluation: the count in force, no smoothing, no masking.
+            for key in FA_VARLEN_KEYS:
+                inputs.pop(key, None)
             result = remove_cot(
                 {**inputs},
                 cot_mask,

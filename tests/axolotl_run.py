@@ -1,0 +1,331 @@
+"""Run axolotl end to end on a tiny local model and record what the model receives.
+
+Shared by the end-to-end tests (Masked Thought, CoT removal). Nothing here is a
+mock: axolotl loads the YAML, the data and the model itself; :class:`CapturePlugin`
+(listed in ``plugins:`` after ours) only watches, through a forward pre-hook on
+the trainer's model, so the recorded tensors are exactly the model's inputs after
+every transform the plugin applies.
+
+Usage::
+
+    base = build_base_model(tmp / "model", texts)
+    config = write_config(tmp / "run.yml", base_model=base, datasets=[...],
+                          output_dir=tmp / "out", masked_thought={"ratio": 0.4})
+    run = run_in_process(config)        # or run_cli(["train", config])
+    run.train_forwards[0]["input_ids"]  # (B, T) tensor the model got
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+from axolotl.integrations.base import BasePlugin
+
+MASKTHOUGHT_PLUGIN = "axolotl_maskthought.MaskThoughtPlugin"
+CAPTURE_PLUGIN = "axolotl_run.CapturePlugin"
+RECORDED_KEYS = ("input_ids", "labels", "attention_mask", "position_ids")
+CAPTURE_ENV = "AXOLOTL_RUN_CAPTURE"
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+
+RUN_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "AXOLOTL_DO_NOT_TRACK": "1",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+for _key, _value in RUN_ENV.items():  # never reach the network, whoever imports this
+    os.environ.setdefault(_key, _value)
+
+# Filled by CapturePlugin during a run; reset by run_in_process.
+FORWARDS: list[dict] = []  # one dict per forward call: RECORDED_KEYS (cpu tensors) + "training"
+EVENTS: list[str] = []  # plugin hooks in call order
+STATE: dict = {}  # "trainer", "embeddings" (input/output rows at trainer creation), "cfg"
+
+
+def _record_forward(module, args, kwargs):
+    values = dict(kwargs)
+    if args and "input_ids" not in values:
+        values["input_ids"] = args[0]
+    entry = {"training": bool(module.training)}
+    for key in RECORDED_KEYS:
+        value = values.get(key)
+        entry[key] = value.detach().cpu().clone() if value is not None else None
+    FORWARDS.append(entry)
+
+
+class CapturePlugin(BasePlugin):
+    """Records hook order, the trainer, the embeddings at trainer creation and every forward.
+
+    In a subprocess run (``run_cli``) the record is written with ``torch.save`` to the
+    file named by ``$AXOLOTL_RUN_CAPTURE`` after training; read it with :func:`load_capture`.
+    """
+
+    def pre_model_load(self, cfg):
+        EVENTS.append("pre_model_load")
+
+    def post_model_load(self, cfg, model):
+        EVENTS.append("post_model_load")
+
+    def post_trainer_create(self, cfg, trainer):
+        EVENTS.append("post_trainer_create")
+        STATE["trainer"] = trainer
+        model = trainer.model
+        output = model.get_output_embeddings()
+        STATE["embeddings"] = {
+            "input": model.get_input_embeddings().weight.detach().cpu().clone(),
+            "output": output.weight.detach().cpu().clone() if output is not None else None,
+        }
+        model.register_forward_pre_hook(_record_forward, with_kwargs=True)
+
+    def post_train(self, cfg, model):
+        EVENTS.append("post_train")
+        target = os.environ.get(CAPTURE_ENV)
+        if target:
+            import torch
+
+            trainer = STATE.get("trainer")
+            torch.save(
+                {
+                    "forwards": FORWARDS,
+                    "events": EVENTS,
+                    "embeddings": STATE.get("embeddings"),
+                    "log_history": list(trainer.state.log_history) if trainer is not None else [],
+                },
+                target,
+            )
+
+
+@dataclass
+class RunResult:
+    """What one run recorded. ``trainer`` is None for subprocess runs."""
+
+    forwards: list[dict] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    log_history: list[dict] = field(default_factory=list)
+    embeddings: dict | None = None
+    trainer: object = None
+
+    @property
+    def train_forwards(self) -> list[dict]:
+        return [f for f in self.forwards if f["training"]]
+
+    @property
+    def eval_forwards(self) -> list[dict]:
+        return [f for f in self.forwards if not f["training"]]
+
+    def logged(self, key: str) -> list[float]:
+        """Values of ``key`` over the training log, in order (one per logging step)."""
+        return [entry[key] for entry in self.log_history if key in entry]
+
+
+# ---- inputs -----------------------------------------------------------------------
+def build_base_model(directory: Path, texts: Iterable[str], vocab_size: int = 512, **model_kwargs) -> Path:
+    """A tiny Llama and its byte-level BPE tokenizer, saved as an axolotl ``base_model``."""
+    from axolotl_maskthought.tiny import build_tiny
+
+    return build_tiny(directory, list(texts), vocab_size=vocab_size, arch="llama", **model_kwargs)
+
+
+def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                rows.append(json.loads(line))
+            if limit is not None and len(rows) >= limit:
+                break
+    return rows
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    return path
+
+
+def base_config(base_model: Path, datasets: list[dict], output_dir: Path, **extra) -> dict:
+    """A small CPU config with our plugin and the capture plugin; ``extra`` keys override.
+
+    ``dataset_prepared_path`` defaults to ``output_dir/../prepared-<name>`` so runs never
+    write axolotl's default ``last_run_prepared`` into the working directory.
+    """
+    output_dir = Path(output_dir)
+    config = {
+        "base_model": str(base_model),
+        "plugins": [MASKTHOUGHT_PLUGIN, CAPTURE_PLUGIN],
+        "datasets": datasets,
+        "dataset_prepared_path": str(output_dir.parent / f"prepared-{output_dir.name}"),
+        "sequence_len": 512,
+        "micro_batch_size": 4,
+        "gradient_accumulation_steps": 1,
+        "num_epochs": 1,
+        "max_steps": 4,
+        "learning_rate": 0.001,
+        "optimizer": "adamw_torch",
+        "lr_scheduler": "constant",
+        "bf16": False,
+        "fp16": False,
+        "tf32": False,
+        "seed": 7,
+        "output_dir": str(output_dir),
+        "val_set_size": 0,
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "dataloader_num_workers": 0,
+        "dataset_num_proc": 1,  # no worker processes on a 2-core box
+    }
+    if extra.get("adapter") in ("lora", "qlora"):
+        # axolotl's Triton LoRA kernels are auto-enabled and need CUDA.
+        config.update(lora_mlp_kernel=False, lora_qkv_kernel=False, lora_o_kernel=False)
+    config.update(extra)
+    return {key: value for key, value in config.items() if value is not None}
+
+
+def write_config(path: Path, base_model: Path, datasets: list[dict], output_dir: Path, **extra) -> Path:
+    """Write :func:`base_config` as YAML; a key given as ``None`` in ``extra`` is left out."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(base_config(base_model, datasets, output_dir, **extra), sort_keys=False))
+    return path
+
+
+def gsm8k_dataset(path: Path) -> dict:
+    return {"path": str(path), "ds_type": "json", "type": "axolotl_maskthought.strategies.gsm8k"}
+
+
+# ---- running ----------------------------------------------------------------------
+def reset_plugins() -> None:
+    """Forget plugins registered by earlier runs in this process (a fresh process has none)
+    and what the capture plugin recorded."""
+    from axolotl.integrations.base import PluginManager
+
+    FORWARDS.clear()
+    EVENTS.clear()
+    STATE.clear()
+    PluginManager.get_instance().plugins.clear()
+
+
+def run_in_process(config_path: Path, **overrides) -> RunResult:
+    """``axolotl.cli.train.do_cli(config=...)`` in this process; returns the trainer and forwards.
+
+    An exception raised by axolotl (or by a plugin) propagates; ``EVENTS`` then
+    shows how far the run got.
+    """
+    import gc
+
+    from axolotl.cli.train import do_cli
+
+    reset_plugins()
+    # axolotl calls gc.collect() several times a run; with torch, transformers and
+    # earlier runs' records on the heap each call costs ~1 s of CPU. Objects alive now
+    # are moved out of the collector's sight (their garbage is never reclaimed: fine
+    # for tiny models in a test process).
+    gc.collect()
+    gc.freeze()
+    argv = sys.argv
+    sys.argv = [argv[0]]  # do_cli parses trainer CLI args from sys.argv
+    try:
+        do_cli(config=str(config_path), **overrides)
+    finally:
+        sys.argv = argv
+    trainer = STATE.get("trainer")
+    return RunResult(
+        forwards=list(FORWARDS),
+        events=list(EVENTS),
+        log_history=list(trainer.state.log_history) if trainer is not None else [],
+        embeddings=STATE.get("embeddings"),
+        trainer=trainer,
+    )
+
+
+def load_capture(path: Path) -> RunResult:
+    """The record a subprocess run wrote to ``$AXOLOTL_RUN_CAPTURE``."""
+    import torch
+
+    record = torch.load(path, weights_only=False)
+    return RunResult(
+        forwards=record["forwards"],
+        events=record["events"],
+        log_history=record["log_history"],
+        embeddings=record["embeddings"],
+    )
+
+
+# ---- reading what the model received ---------------------------------------------
+def segments(forward: dict) -> list[tuple[int, int, int]]:
+    """(row, start, end) of each example in a captured batch, trailing padding cut.
+
+    Packed rows restart ``position_ids`` at 0 for each example; an unpacked row is one
+    example. An example ends at its last trained position (labels != -100), so padding
+    (and an all-padding segment) is left out.
+    """
+    labels = forward["labels"]
+    position_ids = forward.get("position_ids")
+    found = []
+    for row in range(labels.shape[0]):
+        if position_ids is not None:
+            starts = (position_ids[row] == 0).nonzero().flatten().tolist()
+        else:
+            starts = [0]
+        bounds = starts + [labels.shape[1]]
+        for start, end in zip(bounds, bounds[1:]):
+            trained = (labels[row, start:end] != -100).nonzero().flatten()
+            if len(trained):
+                found.append((row, start, start + int(trained[-1]) + 1))
+    return found
+
+
+def clean_examples(forward: dict, dataset) -> list[tuple[int, int, int, dict]]:
+    """Each example of a captured batch with the tokenized dataset row it came from
+    (matched by labels, which no transform changes): (row, start, end, dataset_row)."""
+    by_labels = {}
+    for example in dataset:
+        labels = list(example["labels"])
+        while labels and labels[-1] == -100:
+            labels.pop()
+        by_labels[tuple(labels)] = example
+    matched = []
+    for row, start, end in segments(forward):
+        key = tuple(forward["labels"][row, start:end].tolist())
+        if key not in by_labels:
+            raise AssertionError(f"batch row {row} [{start}:{end}] matches no dataset example")
+        matched.append((row, start, end, by_labels[key]))
+    return matched
+
+
+def run_cli(
+    args: list, cwd: Path, capture_file: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """The real ``axolotl`` console script in a subprocess (``tests/`` on PYTHONPATH for
+    the capture plugin, which saves its record to ``capture_file``). Returns the
+    completed process, stdout and stderr combined in ``.stdout``."""
+    executable = Path(sys.executable).with_name("axolotl")
+    env = {**os.environ, **RUN_ENV}
+    env.pop(CAPTURE_ENV, None)
+    if capture_file is not None:
+        env[CAPTURE_ENV] = str(capture_file)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [str(executable), *map(str, args)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
