@@ -210,3 +210,27 @@ class MaskThoughtArgs(BaseModel):
 
         check_config(data)
         return data
+
+
+def config_reference_markdown() -> str:
+    """The README's configuration reference, generated from the field descriptions."""
+    import json
+    import math
+
+    def show(value) -> str:
+        if value is None or (isinstance(value, float) and math.isinf(value)):
+            return "null"
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return json.dumps(value) if isinstance(value, list) else str(value)
+
+    parts = []
+    for block, model in (("masked_thought", MaskedThoughtConfig), ("cot_removal", CoTRemovalConfig),
+                         ("cot_format", CoTFormatConfig)):
+        parts.append(f"`{block}:`\n\n| key | default | meaning |\n|---|---|---|")
+        for name, info in model.model_fields.items():
+            parts.append(f"| `{name}` | `{show(info.default)}` | {info.description.replace('|', chr(92) + '|')} |")
+        parts.append("")
+    return "\n".join(parts)
