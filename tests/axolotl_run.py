@@ -32,6 +32,7 @@ MASKTHOUGHT_PLUGIN = "axolotl_maskthought.MaskThoughtPlugin"
 CAPTURE_PLUGIN = "axolotl_run.CapturePlugin"
 RECORDED_KEYS = ("input_ids", "labels", "attention_mask", "position_ids")
 CAPTURE_ENV = "AXOLOTL_RUN_CAPTURE"
+RUN_THREADS = 1  # torch intra-op threads for runs (see run_in_process)
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
 
@@ -50,7 +51,7 @@ for _key, _value in RUN_ENV.items():  # never reach the network, whoever imports
 # Filled by CapturePlugin during a run; reset by run_in_process.
 FORWARDS: list[dict] = []  # one dict per forward call: RECORDED_KEYS (cpu tensors) + "training"
 EVENTS: list[str] = []  # plugin hooks in call order
-STATE: dict = {}  # "trainer", "embeddings" (input/output rows at trainer creation), "cfg"
+STATE: dict = {}  # "trainer", "embeddings" (input/output rows at trainer creation)
 
 
 def _record_forward(module, args, kwargs):
@@ -223,17 +224,20 @@ def run_in_process(config_path: Path, **overrides) -> RunResult:
     """``axolotl.cli.train.do_cli(config=...)`` in this process; returns the trainer and forwards.
 
     An exception raised by axolotl (or by a plugin) propagates; ``EVENTS`` then
-    shows how far the run got.
+    shows how far the run got. Leaves torch at ``RUN_THREADS`` threads.
     """
     import gc
 
+    import torch
     from axolotl.cli.train import do_cli
 
     reset_plugins()
+    # One intra-op thread: on a small shared CPU, two threads spin-waiting for each
+    # other's tiny matmuls cost 10-20x the CPU time of one.
+    torch.set_num_threads(RUN_THREADS)
     # axolotl calls gc.collect() several times a run; with torch, transformers and
     # earlier runs' records on the heap each call costs ~1 s of CPU. Objects alive now
-    # are moved out of the collector's sight (their garbage is never reclaimed: fine
-    # for tiny models in a test process).
+    # are kept out of the collector's sight for the run.
     gc.collect()
     gc.freeze()
     argv = sys.argv
@@ -242,6 +246,7 @@ def run_in_process(config_path: Path, **overrides) -> RunResult:
         do_cli(config=str(config_path), **overrides)
     finally:
         sys.argv = argv
+        gc.unfreeze()
     trainer = STATE.get("trainer")
     return RunResult(
         forwards=list(FORWARDS),
@@ -290,8 +295,9 @@ def segments(forward: dict) -> list[tuple[int, int, int]]:
 
 
 def clean_examples(forward: dict, dataset) -> list[tuple[int, int, int, dict]]:
-    """Each example of a captured batch with the tokenized dataset row it came from
-    (matched by labels, which no transform changes): (row, start, end, dataset_row)."""
+    """Each example of a captured batch with the tokenized dataset row it came from:
+    (row, start, end, dataset_row). Matched by labels, which Masked Thought leaves
+    alone (after CoT removal, match on the prompt instead)."""
     by_labels = {}
     for example in dataset:
         labels = list(example["labels"])
@@ -316,6 +322,7 @@ def run_cli(
     executable = Path(sys.executable).with_name("axolotl")
     env = {**os.environ, **RUN_ENV}
     env.pop(CAPTURE_ENV, None)
+    env.setdefault("OMP_NUM_THREADS", str(RUN_THREADS))
     if capture_file is not None:
         env[CAPTURE_ENV] = str(capture_file)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
