@@ -1,0 +1,51 @@
+"""Run every benchmark in turn: ``python bench/run_all.py [--quick] [--only NAME,...]``.
+
+tokenization → overhead → effect → eval_throughput (eval last: it uses the model
+the effect benchmark trains). ``--quick`` (about 5 minutes on 2 shared cores) only
+checks that each script runs end to end; its figures are not the recorded ones.
+Results: JSON files under $MASKTHOUGHT_BENCH_DIR (default /tmp/maskthought-bench);
+the recorded figures and their command lines are in bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+ORDER = ("tokenization", "overhead", "effect", "eval_throughput")
+FULL_ARGS = {
+    "tokenization": ["--repeats", "4"],
+    "overhead": ["--repeats", "3", "--steps", "10", "--warmup", "2", "--rows", "400"],
+    "effect": ["--digits", "3", "--train-count", "8000", "--test-count", "500", "--epochs", "5", "--hidden", "128",
+               "--layers", "3", "--start-epoch", "2", "--tokens-per-epoch", "12", "--seeds", "0"],
+    "eval_throughput": [],
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", default=",".join(ORDER))
+    args = parser.parse_args()
+    failures = []
+    for name in ORDER:
+        if name not in args.only.split(","):
+            continue
+        command = [sys.executable, str(BENCH_DIR / f"{name}.py"), *(["--quick"] if args.quick else FULL_ARGS[name])]
+        print(f"\n=== {' '.join(command)}", flush=True)
+        started = time.perf_counter()
+        code = subprocess.run(command, cwd=str(BENCH_DIR.parent)).returncode
+        print(f"=== {name}: exit {code}, {time.perf_counter() - started:.0f} s", flush=True)
+        if code:
+            failures.append(name)
+    if failures:
+        print(f"failed: {', '.join(failures)}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
