@@ -68,3 +68,52 @@ def build_tiny(directory: str | Path, texts: Iterable[str], vocab_size: int = 51
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "AXOLOTL_DO_NOT_TRACK": "1",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+"""Environment for an axolotl run that never reaches a hub or a tracker."""
+
+
+def cpu_config(base_model, datasets: list[dict], output_dir, **overrides) -> dict:
+    """A small axolotl config that trains on a CPU (fp32, no worker processes).
+
+    ``dataset_prepared_path`` sits beside ``output_dir`` so runs never write axolotl's
+    default ``last_run_prepared`` into the working directory. ``overrides`` win; a
+    ``None`` value removes the key. LoRA configs get axolotl's CUDA-only LoRA kernels
+    switched off.
+    """
+    output_dir = Path(output_dir)
+    config = {
+        "base_model": str(base_model),
+        "plugins": ["axolotl_maskthought.MaskThoughtPlugin"],
+        "datasets": datasets,
+        "dataset_prepared_path": str(output_dir.parent / f"prepared-{output_dir.name}"),
+        "sequence_len": 512,
+        "micro_batch_size": 4,
+        "gradient_accumulation_steps": 1,
+        "num_epochs": 1,
+        "learning_rate": 0.001,
+        "optimizer": "adamw_torch",
+        "lr_scheduler": "constant",
+        "bf16": False,
+        "fp16": False,
+        "tf32": False,
+        "seed": 7,
+        "output_dir": str(output_dir),
+        "val_set_size": 0,
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "dataloader_num_workers": 0,
+        "dataset_num_proc": 1,
+    }
+    if overrides.get("adapter") in ("lora", "qlora"):
+        config.update(lora_mlp_kernel=False, lora_qkv_kernel=False, lora_o_kernel=False)
+    config.update(overrides)
+    return {key: value for key, value in config.items() if value is not None}

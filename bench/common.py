@@ -16,19 +16,13 @@ import sys
 import time
 from pathlib import Path
 
+from axolotl_maskthought.tiny import OFFLINE_ENV, cpu_config
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 SHARED_DATA = Path(os.environ.get("MASKTHOUGHT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")).resolve()
 WORK_DIR = Path(os.environ.get("MASKTHOUGHT_BENCH_DIR", "/tmp/maskthought-bench"))
 
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "AXOLOTL_DO_NOT_TRACK": "1",
-    "WANDB_MODE": "disabled",
-    "TOKENIZERS_PARALLELISM": "false",
-}
 os.environ.update({k: v for k, v in OFFLINE_ENV.items() if k not in os.environ})
 
 
@@ -59,29 +53,10 @@ def write_yaml(path: Path, config: dict) -> Path:
 
 
 def base_config(model_dir: Path, dataset: dict, output_dir: Path, **overrides) -> dict:
-    """A CPU-safe axolotl config; ``overrides`` win."""
-    config = {
-        "base_model": str(model_dir),
-        "datasets": [dataset],
-        "sequence_len": 256,
-        "micro_batch_size": 8,
-        "gradient_accumulation_steps": 1,
-        "num_epochs": 1,
-        "learning_rate": 1e-3,
-        "optimizer": "adamw_torch",
-        "lr_scheduler": "constant",
-        "bf16": False,
-        "fp16": False,
-        "tf32": False,
-        "output_dir": str(output_dir),
-        "val_set_size": 0,
-        "save_strategy": "no",
-        "logging_steps": 5,
-        "dataloader_num_workers": 0,
-        "seed": 0,
-    }
-    config.update(overrides)
-    return config
+    """A CPU-safe axolotl config, plugin off unless ``overrides`` list it; ``overrides`` win."""
+    defaults = dict(plugins=None, dataset_prepared_path=None, sequence_len=256, micro_batch_size=8,
+                    logging_steps=5, seed=0, dataset_num_proc=None)
+    return cpu_config(model_dir, [dataset], output_dir, **{**defaults, **overrides})
 
 
 def run_training(config_path: Path, result_path: Path, log_path: Path, timeout: float = 3600,

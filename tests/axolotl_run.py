@@ -28,6 +28,8 @@ from typing import Iterable
 import yaml
 from axolotl.integrations.base import BasePlugin
 
+from axolotl_maskthought.tiny import OFFLINE_ENV, cpu_config
+
 MASKTHOUGHT_PLUGIN = "axolotl_maskthought.MaskThoughtPlugin"
 CAPTURE_PLUGIN = "axolotl_run.CapturePlugin"
 RECORDED_KEYS = ("input_ids", "labels", "attention_mask", "position_ids")
@@ -36,16 +38,7 @@ RUN_THREADS = 1  # torch intra-op threads for runs (see run_in_process)
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
 
-RUN_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "AXOLOTL_DO_NOT_TRACK": "1",
-    "WANDB_MODE": "disabled",
-    "TOKENIZERS_PARALLELISM": "false",
-}
-
-for _key, _value in RUN_ENV.items():  # never reach the network, whoever imports this
+for _key, _value in OFFLINE_ENV.items():  # never reach the network, whoever imports this
     os.environ.setdefault(_key, _value)
 
 # Filled by CapturePlugin during a run; reset by run_in_process.
@@ -164,36 +157,9 @@ def base_config(base_model: Path, datasets: list[dict], output_dir: Path, **extr
     ``dataset_prepared_path`` defaults to ``output_dir/../prepared-<name>`` so runs never
     write axolotl's default ``last_run_prepared`` into the working directory.
     """
-    output_dir = Path(output_dir)
-    config = {
-        "base_model": str(base_model),
-        "plugins": [MASKTHOUGHT_PLUGIN, CAPTURE_PLUGIN],
-        "datasets": datasets,
-        "dataset_prepared_path": str(output_dir.parent / f"prepared-{output_dir.name}"),
-        "sequence_len": 512,
-        "micro_batch_size": 4,
-        "gradient_accumulation_steps": 1,
-        "num_epochs": 1,
-        "max_steps": 4,
-        "learning_rate": 0.001,
-        "optimizer": "adamw_torch",
-        "lr_scheduler": "constant",
-        "bf16": False,
-        "fp16": False,
-        "tf32": False,
-        "seed": 7,
-        "output_dir": str(output_dir),
-        "val_set_size": 0,
-        "save_strategy": "no",
-        "logging_steps": 1,
-        "dataloader_num_workers": 0,
-        "dataset_num_proc": 1,  # no worker processes on a 2-core box
-    }
-    if extra.get("adapter") in ("lora", "qlora"):
-        # axolotl's Triton LoRA kernels are auto-enabled and need CUDA.
-        config.update(lora_mlp_kernel=False, lora_qkv_kernel=False, lora_o_kernel=False)
-    config.update(extra)
-    return {key: value for key, value in config.items() if value is not None}
+    extra.setdefault("plugins", [MASKTHOUGHT_PLUGIN, CAPTURE_PLUGIN])
+    extra.setdefault("max_steps", 4)
+    return cpu_config(base_model, datasets, output_dir, **extra)
 
 
 def write_config(path: Path, base_model: Path, datasets: list[dict], output_dir: Path, **extra) -> Path:
@@ -320,7 +286,7 @@ def run_cli(
     the capture plugin, which saves its record to ``capture_file``). Returns the
     completed process, stdout and stderr combined in ``.stdout``."""
     executable = Path(sys.executable).with_name("axolotl")
-    env = {**os.environ, **RUN_ENV}
+    env = {**os.environ, **OFFLINE_ENV}
     env.pop(CAPTURE_ENV, None)
     env.setdefault("OMP_NUM_THREADS", str(RUN_THREADS))
     if capture_file is not None:

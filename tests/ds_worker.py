@@ -39,18 +39,15 @@ from pathlib import Path
 from axolotl.integrations.base import BasePlugin
 from transformers import TrainerCallback
 
+from axolotl_maskthought.tiny import OFFLINE_ENV
+
 PLUGIN = "ds_worker.StepRecorderPlugin"
 
 RECORD: dict = {"steps": [], "chain": None}
 TRAINER: dict = {}
 
 ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "AXOLOTL_DO_NOT_TRACK": "1",
-    "WANDB_MODE": "disabled",
-    "TOKENIZERS_PARALLELISM": "false",
+    **OFFLINE_ENV,
     "DS_ACCELERATOR": "cpu",
     "CUDA_VISIBLE_DEVICES": "",
     "MASTER_ADDR": "127.0.0.1",

@@ -30,16 +30,10 @@ from pathlib import Path
 
 from axolotl.integrations.base import BasePlugin
 
+from axolotl_maskthought.tiny import OFFLINE_ENV, cpu_config
+
 RECORD_PLUGIN = "mp_capture.RecordInProcess"
 MASKTHOUGHT_PLUGIN = "axolotl_maskthought.MaskThoughtPlugin"
-RUN_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "AXOLOTL_DO_NOT_TRACK": "1",
-    "WANDB_MODE": "disabled",
-    "TOKENIZERS_PARALLELISM": "false",
-}
 FORWARD_KEYS = ("input_ids", "labels", "attention_mask", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k")
 FA_VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 RECORD: dict = {}  # filled by RecordInProcess during train_in_process
@@ -187,32 +181,10 @@ class EmitFlashVarlenKwargs(BasePlugin):
 
 def run_config(base_model, output_dir, datasets, **extra) -> dict:
     """A small CPU training config (keys in ``extra`` override; ``None`` removes a key)."""
-    output_dir = Path(output_dir)
-    config = {
-        "base_model": str(base_model),
-        "plugins": [MASKTHOUGHT_PLUGIN, RECORD_PLUGIN],
-        "datasets": datasets,
-        "dataset_prepared_path": str(output_dir.parent / f"prepared-{output_dir.name}"),
-        "sequence_len": 256,
-        "micro_batch_size": 4,
-        "gradient_accumulation_steps": 1,
-        "num_epochs": 1,
-        "max_steps": 4,
-        "learning_rate": 0.001,
-        "optimizer": "adamw_torch",
-        "lr_scheduler": "constant",
-        "bf16": False,
-        "fp16": False,
-        "tf32": False,
-        "seed": 7,
-        "output_dir": str(output_dir),
-        "val_set_size": 0,
-        "save_strategy": "no",
-        "logging_steps": 1,
-        "dataloader_num_workers": 0,
-    }
-    config.update(extra)
-    return {key: value for key, value in config.items() if value is not None}
+    extra.setdefault("plugins", [MASKTHOUGHT_PLUGIN, RECORD_PLUGIN])
+    extra.setdefault("sequence_len", 256)
+    extra.setdefault("max_steps", 4)
+    return cpu_config(base_model, datasets, output_dir, **extra)
 
 
 def train_in_process(config_path) -> dict:
@@ -224,7 +196,7 @@ def train_in_process(config_path) -> dict:
     from axolotl.cli.train import do_cli
     from axolotl.integrations.base import PluginManager
 
-    for key, value in RUN_ENV.items():
+    for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
     PluginManager.get_instance().plugins.clear()
     RECORD.clear()

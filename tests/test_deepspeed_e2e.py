@@ -29,6 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from axolotl_maskthought.tiny import cpu_config
+
 TESTS_DIR = Path(__file__).resolve().parent
 EXAMPLES = TESTS_DIR.parent / "examples" / "deepspeed"
 WORKER = TESTS_DIR / "ds_worker.py"
@@ -64,32 +66,18 @@ def _cpu_adam_cached() -> bool:
 
 
 def _config(root: Path, base_model: Path, data: Path, case: str) -> Path:
-    config = {
-        "base_model": str(base_model),
-        "plugins": ["axolotl_maskthought.MaskThoughtPlugin", "ds_worker.StepRecorderPlugin"],
-        "datasets": [{"path": str(data), "type": "axolotl_maskthought.strategies.icot"}],
-        "dataset_prepared_path": str(root / f"prepared-{case}"),  # runs are concurrent
-        "masked_thought": {"ratio": 0.4, "replacement": "random", "warmup": 0},
-        "cot_removal": {"tokens_per_epoch": TOKENS_PER_EPOCH, "smoothing_lambda": None, "reset_optimizer": True},
-        "deepspeed": str(EXAMPLES / CASES[case][0]),
-        "sequence_len": 128,
-        "micro_batch_size": MICRO_BATCH,
-        "gradient_accumulation_steps": 1,
-        "num_epochs": 1,
-        "learning_rate": 0.001,
-        "optimizer": "adamw_torch",
-        "lr_scheduler": "constant",
-        "bf16": False,
-        "fp16": False,
-        "tf32": False,
-        "seed": 7,
-        "output_dir": str(root / f"out-{case}"),
-        "val_set_size": 0,
-        "save_strategy": "no",
-        "logging_steps": 1,
-        "dataloader_num_workers": 0,
-        "dataset_num_proc": 1,
-    }
+    config = cpu_config(
+        base_model,
+        [{"path": str(data), "type": "axolotl_maskthought.strategies.icot"}],
+        root / f"out-{case}",
+        plugins=["axolotl_maskthought.MaskThoughtPlugin", "ds_worker.StepRecorderPlugin"],
+        dataset_prepared_path=str(root / f"prepared-{case}"),  # runs are concurrent
+        masked_thought={"ratio": 0.4, "replacement": "random", "warmup": 0},
+        cot_removal={"tokens_per_epoch": TOKENS_PER_EPOCH, "smoothing_lambda": None, "reset_optimizer": True},
+        deepspeed=str(EXAMPLES / CASES[case][0]),
+        sequence_len=128,
+        micro_batch_size=MICRO_BATCH,
+    )
     path = root / f"{case}.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

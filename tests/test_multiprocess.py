@@ -33,7 +33,7 @@ import pytest
 import yaml
 
 from axolotl_maskthought.data import generate_arithmetic, write_jsonl
-from axolotl_maskthought.tiny import build_tiny
+from axolotl_maskthought.tiny import OFFLINE_ENV, build_tiny, cpu_config
 
 TESTS_DIR = Path(__file__).resolve().parent
 TIMEOUT_SECONDS = 420
@@ -47,35 +47,23 @@ def _config(tmp: Path) -> Path:
     write_jsonl(data, rows)
     model = build_tiny(tmp / "model", [r["question"] + " " + r["answer"] for r in rows],
                        vocab_size=300, arch="llama", hidden=32, layers=2, heads=2)
-    config = {
-        "base_model": str(model),
-        "plugins": ["axolotl_maskthought.MaskThoughtPlugin", "mp_capture.CapturePerRank"],
-        "masked_thought": {"ratio": 0.4, "replacement": "random", "warmup": 0},
+    config = cpu_config(
+        model,
+        [{"path": str(data), "ds_type": "json", "type": "axolotl_maskthought.strategies.gsm8k"}],
+        tmp / "out",
+        plugins=["axolotl_maskthought.MaskThoughtPlugin", "mp_capture.CapturePerRank"],
+        masked_thought={"ratio": 0.4, "replacement": "random", "warmup": 0},
         # 20 rows per rank / micro-batch 2 = 10 micro-batches per epoch; Δ 5 -> one more
         # token every 2 steps: counts 0,0,1,1,2,2,3,3 and resets at steps 2, 4, 6.
         # λ 1 makes the per-example smoothing offsets (drawn per rank) often non-zero.
-        "cot_removal": {"tokens_per_epoch": 5, "smoothing_lambda": 1, "side": "left", "reset_optimizer": True},
-        "cot_format": {"prompt_template": "plain"},
-        "datasets": [{"path": str(data), "ds_type": "json", "type": "axolotl_maskthought.strategies.gsm8k"}],
-        "dataset_prepared_path": str(tmp / "prepared"),
-        "sequence_len": 256,
-        "micro_batch_size": 2,
-        "gradient_accumulation_steps": 1,
-        "num_epochs": 1,
-        "max_steps": MAX_STEPS,
-        "learning_rate": 0.001,
-        "optimizer": "adamw_torch",
-        "lr_scheduler": "constant",
-        "bf16": False,
-        "fp16": False,
-        "tf32": False,
-        "seed": 7,
-        "output_dir": str(tmp / "out"),
-        "val_set_size": 0,
-        "save_strategy": "no",
-        "logging_steps": 1,
-        "dataloader_num_workers": 0,
-    }
+        cot_removal={"tokens_per_epoch": 5, "smoothing_lambda": 1, "side": "left", "reset_optimizer": True},
+        cot_format={"prompt_template": "plain"},
+        dataset_prepared_path=str(tmp / "prepared"),
+        sequence_len=256,
+        micro_batch_size=2,
+        max_steps=MAX_STEPS,
+        dataset_num_proc=None,
+    )
     path = tmp / "ddp.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -91,12 +79,7 @@ def ranks(tmp_path_factory) -> list[dict]:
         **os.environ,
         "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),  # axolotl execs `torchrun`
         "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")])),
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "AXOLOTL_DO_NOT_TRACK": "1",
-        "WANDB_MODE": "disabled",
-        "TOKENIZERS_PARALLELISM": "false",
+        **OFFLINE_ENV,
         "OMP_NUM_THREADS": "1",
         "ACCELERATE_USE_CPU": "true",
         "MASKTHOUGHT_CAPTURE_CPU_DEVICE_MAP": "1",
