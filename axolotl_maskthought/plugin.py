@@ -16,7 +16,7 @@ from axolotl.integrations.base import BasePlugin
 
 from .validation import STRATEGY_PREFIX
 
-LOG = logging.getLogger("axolotl_maskthought")
+LOG = logging.getLogger("axolotl.maskthought")
 
 
 def _uses_strategies(cfg) -> bool:
@@ -111,6 +111,16 @@ class MaskThoughtPlugin(BasePlugin):
         from .trainer import MaskThoughtTrainer
 
         return MaskThoughtTrainer
+
+    def add_callbacks_post_trainer(self, cfg, trainer):
+        """Answer accuracy at evaluation steps when `cot_format.eval_accuracy_samples` > 0."""
+        block = cfg.get("cot_format")
+        if not block or not block.get("eval_accuracy_samples"):
+            return []
+        from .callbacks import build_accuracy_callback
+
+        callback = build_accuracy_callback(cfg, trainer)
+        return [callback] if callback is not None else []
 
     def post_trainer_create(self, cfg, trainer):
         from .trainer import MaskThoughtTrainer
