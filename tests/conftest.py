@@ -27,3 +27,10 @@ def shared_data() -> Path:
             pytrace=False,
         )
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _no_preprocess_flag_leak(monkeypatch):
+    """axolotl's in-process `preprocess` sets AXOLOTL_IS_PREPROCESS=1 for good; a later
+    in-process training would then skip computing max_steps. Each test starts clean."""
+    monkeypatch.delenv("AXOLOTL_IS_PREPROCESS", raising=False)
