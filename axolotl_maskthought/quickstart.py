@@ -326,6 +326,12 @@ def plot(results: list[dict], path: Path) -> None:
 def command(args: argparse.Namespace) -> int:
     sizes = QUICK if args.quick else FULL
     output = Path(args.output)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     summary = run(output, sizes, verbose=args.verbose)
     print()
     print(f"{summary['task']}, held-out problems, greedy decoding:")
@@ -343,6 +349,8 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--output", default="maskthought-quickstart", help="directory for data, model, configs, plot")
     parser.add_argument("--quick", action="store_true", help="a much smaller run (CI smoke test, < 90 s)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch CPU threads (default: torch's choice; 1 is much faster on a busy machine)")
     parser.add_argument("--verbose", action="store_true", help="show axolotl's own log output")
     parser.set_defaults(func=command)
 
