@@ -151,6 +151,17 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> Path:
     return path
 
 
+def save_prepared_in_process(cfg, dataset, dataset_hash, split) -> None:
+    """Stand-in for axolotl's ``save_preprocessed_dataset``: the same files, written in
+    this process (``datasets``' ``save_to_disk`` starts a spawn pool even with
+    ``num_proc=1``, which re-imports torch and axolotl: tens of seconds a run here)."""
+    from axolotl.utils.data import shared
+
+    path = shared.get_prepared_dataset_path(cfg, dataset_hash)
+    path.mkdir(parents=True, exist_ok=True)
+    dataset.save_to_disk(str(path))
+
+
 def base_config(base_model: Path, datasets: list[dict], output_dir: Path, **extra) -> dict:
     """A small CPU config with our plugin and the capture plugin; ``extra`` keys override.
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import removal_capture
-from axolotl_run import CAPTURE_PLUGIN, MASKTHOUGHT_PLUGIN, build_base_model, run_in_process, write_config
+from axolotl_run import CAPTURE_PLUGIN, MASKTHOUGHT_PLUGIN, build_base_model, run_in_process, save_prepared_in_process, write_config
 from test_schedule import hf_loop_first_micro_batches, official_loop
 
 from axolotl_maskthought.data import generate_multiplication, write_lines
@@ -41,15 +41,10 @@ def faster_runs():
     :func:`train` freezes what is alive before a run so collections skip it."""
     import gc
 
-    from axolotl.utils.data import sft, shared
-
-    def save_in_process(cfg, dataset, dataset_hash, split):
-        path = shared.get_prepared_dataset_path(cfg, dataset_hash)
-        path.mkdir(parents=True, exist_ok=True)
-        dataset.save_to_disk(str(path))
+    from axolotl.utils.data import sft
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sft, "save_preprocessed_dataset", save_in_process)
+        patch.setattr(sft, "save_preprocessed_dataset", save_prepared_in_process)
         yield
     gc.unfreeze()
 

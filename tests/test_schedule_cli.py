@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from axolotl_run import MASKTHOUGHT_PLUGIN, CAPTURE_PLUGIN, build_base_model, run_in_process, write_config
+from axolotl_run import MASKTHOUGHT_PLUGIN, CAPTURE_PLUGIN, build_base_model, run_in_process, save_prepared_in_process, write_config
 
 from axolotl_maskthought import cli
 from axolotl_maskthought.data import generate_multiplication, write_lines
@@ -140,7 +140,7 @@ def test_bad_configs_fail_in_one_line(tmp_path, capsys, config, message):
 # ---- against real training -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from axolotl.utils.data import sft, shared
+    from axolotl.utils.data import sft
 
     root = tmp_path_factory.mktemp("schedule_cli")
     lines = list(dict.fromkeys(generate_multiplication(3, 3, 80, seed=5)))[:64]
@@ -148,14 +148,8 @@ def workspace(tmp_path_factory):
     write_lines(root / "m60.txt", lines[:60])
     base = build_base_model(root / "model", lines, vocab_size=256, hidden=32, layers=1, heads=2)
 
-    def save_in_process(cfg, dataset, dataset_hash, split):
-        # datasets' save_to_disk(num_proc=1) starts a spawn pool (tens of seconds here); same files
-        path = shared.get_prepared_dataset_path(cfg, dataset_hash)
-        path.mkdir(parents=True, exist_ok=True)
-        dataset.save_to_disk(str(path))
-
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sft, "save_preprocessed_dataset", save_in_process)
+        patch.setattr(sft, "save_preprocessed_dataset", save_prepared_in_process)
         yield root, base
 
 
