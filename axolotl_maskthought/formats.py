@@ -64,6 +64,14 @@ def _ids(tokenizer, text: str, special: bool = False) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
+def _ids_batch(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Like ``[_ids(tokenizer, t) for t in texts]`` in one tokenizer call: the
+    per-call overhead of ``transformers`` is a large part of tokenizing a row."""
+    present = [text for text in texts if text]
+    encoded = iter(tokenizer(present, add_special_tokens=False)["input_ids"] if present else [])
+    return [list(next(encoded)) if text else [] for text in texts]
+
+
 def _prompt_ids(tokenizer, text: str) -> list[int]:
     """``text`` with the tokenizer's own special tokens (BOS), minus an auto-appended EOS."""
     ids = _ids(tokenizer, text, special=True)
@@ -114,6 +122,6 @@ def gsm8k_prompt_ids(tokenizer, question: str, template: str, no_cot: bool = Fal
 def tokenize_gsm8k(tokenizer, example: CoTExample, template: str, train_on_inputs: bool = False) -> dict:
     """Prompt, then the solution text up to ``####`` (the CoT), then ``#### answer`` and EOS."""
     prompt = gsm8k_prompt_ids(tokenizer, example.question, template)
-    cot = _ids(tokenizer, example.cot)
-    rest = _ids(tokenizer, f"{ANSWER_MARK} {example.answer}") + [tokenizer.eos_token_id]
+    cot, rest = _ids_batch(tokenizer, [example.cot, f"{ANSWER_MARK} {example.answer}"])
+    rest = rest + [tokenizer.eos_token_id]
     return _example(prompt, cot, rest, train_on_inputs)

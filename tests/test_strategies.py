@@ -139,6 +139,9 @@ def test_gsm8k_layout(shared_data: Path, gsm8k_tokenizer, template_name: str) ->
         assert tokenizer.decode(cot_ids) == cot, where
         assert rest[-1] == tokenizer.eos_token_id and tokenizer.eos_token_id not in ids[:-1], where
         assert tokenizer.decode(rest[:-1]) == f"#### {answer.strip()}", where
+        # the CoT and the answer are encoded in one batched call: the same ids as one call each
+        assert cot_ids == tokenizer(cot, add_special_tokens=False)["input_ids"], where
+        assert rest[:-1] == tokenizer(f"#### {answer.strip()}", add_special_tokens=False)["input_ids"], where
         # round trip: prompt + the original solution
         assert tokenizer.decode(ids, skip_special_tokens=True) == (
             template.format(question=row["question"].strip()) + cot + f"#### {answer.strip()}"
