@@ -46,9 +46,8 @@ from common import (
 
 PLUGIN = "axolotl_maskthought.MaskThoughtPlugin"
 TIMER = "steptimer.StepTimerPlugin"
-# reset_optimizer: false — the optimizer-reset module is not in the package yet; a
-# reset only happens when the count grows (every ~31 steps here) anyway.
-REMOVAL = {"tokens_per_epoch": 8, "smoothing_lambda": 4, "reset_optimizer": False}
+# Δ 8 on 400 rows (50 steps an epoch): the count grows, and AdamW is reset, every ~6 steps.
+REMOVAL = {"tokens_per_epoch": 8, "smoothing_lambda": 4, "reset_optimizer": True}
 CONFIGS = {
     "off": {"plugins": [TIMER]},
     "masked_thought": {"plugins": [PLUGIN, TIMER], "masked_thought": {"ratio": 0.4, "replacement": "random"}},
@@ -79,7 +78,8 @@ def prepare(work: Path, rows: int) -> tuple[Path, Path]:
 
 
 def training_rounds(work: Path, model_dir: Path, data_path: Path, repeats: int, steps: int, warmup: int,
-                    threads: int, names: list[str], cycle_repeats: int) -> dict:
+                    threads: int, names: list[str], cycle_repeats: int, packing: bool = False) -> dict:
+    extra = {"sample_packing": True, "pad_to_sequence_len": True} if packing else {}
     dataset = {"path": str(data_path), "ds_type": "json", "type": "axolotl_maskthought.strategies.gsm8k"}
     runs: dict[str, list[dict]] = {name: [] for name in names}
     cycle: dict[str, list[float]] = {mode: [] for mode in MODES}
@@ -92,7 +92,7 @@ def training_rounds(work: Path, model_dir: Path, data_path: Path, repeats: int, 
         for name in order:
             if name == "cycle":
                 config = base_config(model_dir, dataset, work / "out" / name, max_steps=steps + 4 * warmup,
-                                     **CONFIGS["both"])
+                                     **CONFIGS["both"], **extra)
                 config_path = write_yaml(work / "cycle.yml", config)
                 result = run_training(config_path, work / "cycle.json", work / f"cycle.{round_index}.log",
                                       env={**env, "STEPTIMER_CYCLE": "1"})
@@ -103,7 +103,8 @@ def training_rounds(work: Path, model_dir: Path, data_path: Path, repeats: int, 
                 print(f"round {round_index} cycle           " + "  ".join(
                     f"{mode} {per_mode[mode] * 1000:.0f} ms" for mode in MODES), flush=True)
                 continue
-            config = base_config(model_dir, dataset, work / "out" / name, max_steps=steps, **CONFIGS[name])
+            config = base_config(model_dir, dataset, work / "out" / name, max_steps=steps, **CONFIGS[name],
+                                 **extra)
             config_path = write_yaml(work / f"{name}.yml", config)
             result = run_training(config_path, work / f"{name}.json", work / f"{name}.{round_index}.log", env=env)
             timed = result["step_seconds"][warmup:]
@@ -131,7 +132,7 @@ def training_rounds(work: Path, model_dir: Path, data_path: Path, repeats: int, 
             "maxrss_mib": summary([run["maxrss_mib"] for run in runs[name]]),
             "maxrss_ratio": summary(rss_ratios),
         }
-    cycle_ratios = {mode: summary(values) for mode, values in cycle.items()}
+    cycle_ratios = {mode: summary(values) for mode, values in cycle.items() if values}
     return {"runs": runs, "ratios": ratios, "cycle_ratios": cycle_ratios}
 
 
@@ -143,6 +144,7 @@ def micro_benchmark(model_dir: Path, data_path: Path, repeats: int) -> dict:
     from axolotl_maskthought.args import PROMPT_TEMPLATES
     from axolotl_maskthought.formats import parse_gsm8k_row, tokenize_gsm8k
     from axolotl_maskthought.masking import make_generator, mask_thought
+    from axolotl_maskthought.optimizer_reset import reset_optimizer_state
     from axolotl_maskthought.removal import remove_cot
     from axolotl_maskthought.schedule import smoothing_distribution
 
@@ -179,26 +181,42 @@ def micro_benchmark(model_dir: Path, data_path: Path, repeats: int) -> dict:
         model.zero_grad(set_to_none=True)
         model(**batch).loss.backward()
 
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+
+    def optimizer_step():
+        optimizer.step()  # on the gradients of the last forward_backward
+
+    def optimizer_reset():
+        optimizer_step()  # a reset of an empty state costs nothing: fill it first
+        reset_optimizer_state(optimizer)
+
     def time_call(fn, calls):
         start = time.perf_counter()
         for _ in range(calls):
             fn()
         return (time.perf_counter() - start) / calls
 
-    for fn in (masking_call, removal_call, forward_backward):
+    for fn in (masking_call, removal_call, forward_backward, optimizer_step, optimizer_reset):
         fn()  # warm-up
-    samples = {"mask_thought": [], "remove_cot": [], "forward_backward": []}
+    samples = {"mask_thought": [], "remove_cot": [], "forward_backward": [], "adamw_step": [],
+               "adamw_step_then_reset": []}
     for _ in range(repeats):
         samples["mask_thought"].append(time_call(masking_call, 200))
         samples["remove_cot"].append(time_call(removal_call, 100))
         samples["forward_backward"].append(time_call(forward_backward, 3))
+        samples["adamw_step"].append(time_call(optimizer_step, 20))
+        samples["adamw_step_then_reset"].append(time_call(optimizer_reset, 20))
     fb = statistics.median(samples["forward_backward"])
+    reset = statistics.median(samples["adamw_step_then_reset"]) - statistics.median(samples["adamw_step"])
     return {
         "batch_shape": list(batch["input_ids"].shape),
         "seconds_per_call": {name: summary(values) for name, values in samples.items()},
         "fraction_of_forward_backward": {
             name: statistics.median(samples[name]) / fb for name in ("mask_thought", "remove_cot")
         },
+        # reset_optimizer_state alone = (step + reset) - step; once per removed token, not per step
+        "optimizer_reset_seconds": reset,
+        "optimizer_reset_fraction_of_forward_backward": reset / fb,
     }
 
 
@@ -211,24 +229,28 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per training run")
     parser.add_argument("--cycle-repeats", type=int, default=None, help="cycle runs (default: --repeats)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="separate-process configurations (off first)")
+    parser.add_argument("--packing", action="store_true", help="sample_packing: true in every run")
+    parser.add_argument("--no-micro", action="store_true", help="skip the in-process micro-benchmark")
     parser.add_argument("--quick", action="store_true", help="1 round of 8 steps, off/both/cycle only")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.steps, args.warmup, args.rows, args.configs = 1, 8, 2, 200, "off,both"
-    work = WORK_DIR / "overhead"
+    work = WORK_DIR / ("overhead_packing" if args.packing else "overhead")
     work.mkdir(parents=True, exist_ok=True)
     note = machine_note()
     model_dir, data_path = prepare(work, args.rows)
     result = {"command": command_line(), "machine": note, "model": MODEL, "vocab": VOCAB,
               "steps": args.steps, "warmup_steps": args.warmup, "repeats": args.repeats, "threads": args.threads,
-              "cycle_repeats": args.cycle_repeats}
+              "cycle_repeats": args.cycle_repeats, "packing": args.packing, "removal": REMOVAL}
     result["training"] = training_rounds(work, model_dir, data_path, args.repeats, args.steps, args.warmup,
                                          args.threads, args.configs.split(","),
-                                         args.repeats if args.cycle_repeats is None else args.cycle_repeats)
-    import torch
+                                         args.repeats if args.cycle_repeats is None else args.cycle_repeats,
+                                         packing=args.packing)
+    if not args.no_micro:
+        import torch
 
-    torch.set_num_threads(args.threads)
-    result["micro"] = micro_benchmark(model_dir, data_path, 3 if args.quick else 7)
+        torch.set_num_threads(args.threads)
+        result["micro"] = micro_benchmark(model_dir, data_path, 3 if args.quick else 7)
     save_json(work / "overhead_result.json", result)
     print_report(result)
     return result
@@ -242,12 +264,17 @@ def print_report(result: dict) -> None:
               f"[{t['min']:.3f}, {t['max']:.3f}]  maxrss {ratio['maxrss_mib']['median']:.0f} MiB  "
               f"ratio {r['median']:.3f} [{r['min']:.3f}, {r['max']:.3f}]")
     cycle = result["training"]["cycle_ratios"]
-    print("cycle (one process, modes rotate per step), ratio to idle plugin:",
-          {mode: f"{c['median']:.3f} [{c['min']:.3f}, {c['max']:.3f}]" for mode, c in cycle.items()})
-    micro = result["micro"]
+    if cycle:
+        print("cycle (one process, modes rotate per step), ratio to idle plugin:",
+              {mode: f"{c['median']:.3f} [{c['min']:.3f}, {c['max']:.3f}]" for mode, c in cycle.items()})
+    micro = result.get("micro")
+    if micro is None:
+        return
     for name, stats in micro["seconds_per_call"].items():
         print(f"{name:17s} {stats['median'] * 1e3:8.3f} ms/call  [{stats['min'] * 1e3:.3f}, {stats['max'] * 1e3:.3f}]")
     print("fraction of forward+backward:", {k: round(v, 4) for k, v in micro["fraction_of_forward_backward"].items()})
+    print(f"optimizer reset {micro['optimizer_reset_seconds'] * 1e3:.3f} ms "
+          f"({micro['optimizer_reset_fraction_of_forward_backward']:.4f} of forward+backward)")
 
 
 if __name__ == "__main__":
