@@ -149,7 +149,7 @@ def run_one(method: str, seed: int, prepared: dict, args, work: Path) -> dict:
         logging_steps=50, save_strategy="no", **blocks,
     )
     config_path = write_yaml(work / f"{name}.yml", config)
-    if not args.eval_only:
+    if not args.eval_only and not (args.reuse and (work / f"{name}.json").exists()):
         run_training(config_path, work / f"{name}.json", work / f"{name}.log",
                      env={"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)})
     with EVAL_LOCK:
@@ -193,6 +193,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (1 torch thread each)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval-only", action="store_true", help="evaluate the runs already trained")
+    parser.add_argument("--reuse", action="store_true",
+                        help="train only the runs with no result yet (same work dir, same arguments)")
+    parser.add_argument("--tag", default="", help="suffix of the work directory (several budgets side by side)")
     parser.add_argument("--quick", action="store_true",
                         help="pipeline check only: 3x3, cot and si, 1,000 examples, 2 epochs, 100 test problems")
     args = parser.parse_args(argv)
@@ -200,7 +203,7 @@ def main(argv=None) -> dict:
         args.digits, args.train_count, args.test_count, args.epochs, args.methods = 3, 1000, 100, 2, "cot,si"
         args.start_epoch, args.tokens_per_epoch, args.hidden, args.layers = 1, 40, 64, 2
     model_kwargs = dict(hidden=args.hidden, layers=args.layers, heads=4, max_positions=256, seed=0)
-    work = WORK_DIR / ("effect_quick" if args.quick else f"effect_{args.digits}x{args.digits}")
+    work = WORK_DIR / ("effect_quick" if args.quick else f"effect_{args.digits}x{args.digits}{args.tag}")
     work.mkdir(parents=True, exist_ok=True)
     note = machine_note()
     prepared = prepare(work, args.digits, args.train_count, args.test_count, model_kwargs)
