@@ -17,12 +17,22 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 ORDER = ("tokenization", "overhead", "effect", "eval_throughput")
+# One or more invocations per script: the commands recorded in bench/RESULTS.md.
+EFFECT_3X3 = ["--digits", "3", "--train-count", "8000", "--test-count", "500", "--hidden", "128", "--layers", "3"]
 FULL_ARGS = {
-    "tokenization": ["--repeats", "4"],
-    "overhead": ["--repeats", "3", "--steps", "10", "--warmup", "2", "--rows", "400"],
-    "effect": ["--digits", "3", "--train-count", "8000", "--test-count", "500", "--epochs", "5", "--hidden", "128",
-               "--layers", "3", "--start-epoch", "2", "--tokens-per-epoch", "12", "--seeds", "0"],
-    "eval_throughput": [],
+    "tokenization": [["--repeats", "5"]],
+    "overhead": [
+        ["--repeats", "0", "--cycle-repeats", "3", "--steps", "40", "--warmup", "2", "--rows", "400"],
+        ["--repeats", "3", "--cycle-repeats", "0", "--steps", "12", "--warmup", "2", "--rows", "400", "--no-micro"],
+        ["--repeats", "0", "--cycle-repeats", "3", "--steps", "40", "--warmup", "2", "--rows", "400", "--packing",
+         "--no-micro"],
+    ],
+    "effect": [
+        [*EFFECT_3X3, "--epochs", "5", "--start-epoch", "2", "--tokens-per-epoch", "12", "--seeds", "0,1,2"],
+        [*EFFECT_3X3, "--tag", "_long", "--epochs", "24", "--start-epoch", "4", "--tokens-per-epoch", "1.5",
+         "--methods", "no_cot,si", "--seeds", "0,1"],
+    ],
+    "eval_throughput": [["--count", "256", "--repeats", "3"]],
 }
 
 
@@ -35,13 +45,14 @@ def main() -> int:
     for name in ORDER:
         if name not in args.only.split(","):
             continue
-        command = [sys.executable, str(BENCH_DIR / f"{name}.py"), *(["--quick"] if args.quick else FULL_ARGS[name])]
-        print(f"\n=== {' '.join(command)}", flush=True)
-        started = time.perf_counter()
-        code = subprocess.run(command, cwd=str(BENCH_DIR.parent)).returncode
-        print(f"=== {name}: exit {code}, {time.perf_counter() - started:.0f} s", flush=True)
-        if code:
-            failures.append(name)
+        for script_args in [["--quick"]] if args.quick else FULL_ARGS[name]:
+            command = [sys.executable, str(BENCH_DIR / f"{name}.py"), *script_args]
+            print(f"\n=== {' '.join(command)}", flush=True)
+            started = time.perf_counter()
+            code = subprocess.run(command, cwd=str(BENCH_DIR.parent)).returncode
+            print(f"=== {name}: exit {code}, {time.perf_counter() - started:.0f} s", flush=True)
+            if code:
+                failures.append(name)
     if failures:
         print(f"failed: {', '.join(failures)}", file=sys.stderr)
     return 1 if failures else 0
