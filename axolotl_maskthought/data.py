@@ -237,6 +237,18 @@ def write_lines(path: str | Path, lines: Iterable[str]) -> int:
     return written
 
 
+def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
+    """The JSON objects of a JSON-lines file (blank lines skipped), at most ``limit``."""
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if limit is not None and len(rows) >= limit:
+                break
+            if line.strip():
+                rows.append(json.loads(line))
+    return rows
+
+
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
     """Write rows as JSON lines; returns the number written."""
     return write_lines(path, (json.dumps(row, ensure_ascii=False) for row in rows))

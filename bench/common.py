@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from axolotl_maskthought.data import read_jsonl  # noqa: F401  (re-exported for the scripts)
 from axolotl_maskthought.tiny import OFFLINE_ENV, cpu_config
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -31,17 +32,6 @@ def shared_file(*parts: str) -> Path:
     if not path.exists():
         raise SystemExit(f"shared data not found: {path} (set MASKTHOUGHT_SHARED_DATA)")
     return path
-
-
-def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                rows.append(json.loads(line))
-                if limit is not None and len(rows) >= limit:
-                    break
-    return rows
 
 
 def write_yaml(path: Path, config: dict) -> Path:

@@ -28,6 +28,7 @@ from typing import Iterable
 import yaml
 from axolotl.integrations.base import BasePlugin
 
+from axolotl_maskthought.data import read_jsonl  # noqa: F401  (the tests use axolotl_run.read_jsonl)
 from axolotl_maskthought.tiny import OFFLINE_ENV, cpu_config
 
 MASKTHOUGHT_PLUGIN = "axolotl_maskthought.MaskThoughtPlugin"
@@ -129,17 +130,6 @@ def build_base_model(directory: Path, texts: Iterable[str], vocab_size: int = 51
     from axolotl_maskthought.tiny import build_tiny
 
     return build_tiny(directory, list(texts), vocab_size=vocab_size, arch="llama", **model_kwargs)
-
-
-def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                rows.append(json.loads(line))
-            if limit is not None and len(rows) >= limit:
-                break
-    return rows
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> Path:

@@ -267,3 +267,13 @@ def test_add_subcommands_mounts_under_parent_cli(tmp_path: Path) -> None:
     )
     assert data.run_subcommand(args) == 0
     assert len(_read_lines(out)) == 3
+
+
+def test_read_jsonl_round_trip_skips_blank_lines_and_stops_at_limit(tmp_path: Path) -> None:
+    rows = [{"question": f"q{i}", "answer": f"a #### {i}"} for i in range(5)]
+    path = tmp_path / "rows.jsonl"
+    assert data.write_jsonl(path, rows) == 5
+    path.write_text(path.read_text().replace("\n", "\n\n", 2))  # blank lines between rows
+    assert data.read_jsonl(path) == rows
+    assert data.read_jsonl(path, limit=3) == rows[:3]
+    assert data.read_jsonl(path, limit=0) == []
