@@ -7,7 +7,8 @@ Methods (same model, data, steps, learning rate; one process per run):
   si      — Stepwise Internalization: full-CoT warm-up epochs (``start_epoch``),
             then CoT tokens removed from the left, ``keep_position``, remove-all
             at ``--remove-all-at``, no optimizer reset (REFERENCE §5 suggestions).
-  mft     — Masked Thought on the CoT data (ratio 0.4, random tokens, warm-up 0.66).
+  mft     — Masked Thought on the CoT data (ratio 0.4, random tokens, warm-up 0.66);
+            ``mft_R`` the same at ratio R (``mft_0.1``).
 
 Evaluation (this script, not ``eval``): greedy decoding on held-out problems, exact
 match of the answer after ``####``, with CoT (prompt ``question eos``, generate
@@ -53,8 +54,9 @@ def method_blocks(method: str, args) -> dict:
         return {"cot_removal": {"tokens_per_epoch": args.tokens_per_epoch, "smoothing_lambda": 4,
                                 "start_epoch": args.start_epoch, "remove_all_at": args.remove_all_at,
                                 "keep_position": True, "reset_optimizer": False}}
-    if method == "mft":
-        return {"masked_thought": {"ratio": 0.4, "replacement": "random", "warmup": 0.66}}
+    if method == "mft" or method.startswith("mft_"):
+        ratio = float(method.split("_", 1)[1]) if "_" in method else 0.4  # mft_0.1: ratio 0.1
+        return {"masked_thought": {"ratio": ratio, "replacement": "random", "warmup": 0.66}}
     raise ValueError(f"unknown method {method!r}")
 
 
