@@ -88,8 +88,10 @@ def prepare(work: Path, digits: int, train_count: int, test_count: int, model_kw
 
 
 def greedy_accuracy(model_dir: Path, lines: list[str], with_cot: bool, position_shift: int = 0,
-                    batch_size: int = 250) -> float:
-    """Exact-match accuracy of greedy decoding (KV cache, explicit position ids)."""
+                    batch_size: int = 250) -> tuple[float, float]:
+    """Greedy decoding (KV cache, explicit position ids): (exact-match accuracy, digit
+    accuracy). Digit accuracy = the fraction of the gold answer's digits that the
+    prediction has right at the same place (a finer signal where exact match is 0)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -101,7 +103,7 @@ def greedy_accuracy(model_dir: Path, lines: list[str], with_cot: bool, position_
     examples = [parse_icot_line(line) for line in lines]
     stop_after = 2 if with_cot else 1  # generated EOS tokens that end an answer
     max_new = (sum(len(tokenizer(f" {e.cot}")["input_ids"]) for e in examples[:1]) + 40) if with_cot else 40
-    correct = 0
+    correct, digits_right, digits_total = 0, 0, 0
     by_length: dict[int, list] = {}
     for example in examples:
         prompt = icot_prompt_ids(tokenizer, example.question, no_cot=not with_cot)
@@ -137,7 +139,9 @@ def greedy_accuracy(model_dir: Path, lines: list[str], with_cot: bool, position_
                     text = tokenizer.decode(answer_ids)
                     answer = text.split("####", 1)[1] if "####" in text else ""
                     correct += " ".join(answer.split()) == " ".join(gold.split())
-    return correct / len(lines)
+                    digits_right += sum(p == g for p, g in zip(answer.split(), gold.split()))
+                    digits_total += len(gold.split())
+    return correct / len(lines), digits_right / digits_total
 
 
 def run_one(method: str, seed: int, prepared: dict, args, work: Path) -> dict:
@@ -164,15 +168,17 @@ def evaluate_run(method: str, seed: int, prepared: dict, work: Path) -> dict:
     result = json.loads((work / f"{name}.json").read_text())
     model_dir = work / "out" / name
     shift = prepared["cot_tokens"] if method == "si" else 0
-    accuracy = {
+    scores = {
         "with_cot": greedy_accuracy(model_dir, prepared["test"], True),
         "no_cot": greedy_accuracy(model_dir, prepared["test"], False, position_shift=shift),
     }
+    accuracy = {mode: exact for mode, (exact, _) in scores.items()}
+    digit_accuracy = {mode: round(digits, 4) for mode, (_, digits) in scores.items()}
     losses = [entry["loss"] for entry in result.get("log_history", []) if "loss" in entry]
     record = {"method": method, "seed": seed, "steps": len(result.get("step_seconds", [])),
               "train_seconds": round(result["train_call_seconds"], 1), "final_loss": losses[-1] if losses else None,
               "median_step_s": round(statistics.median(result["step_seconds"]), 3),
-              "accuracy": accuracy, "config": str(work / f"{name}.yml")}
+              "accuracy": accuracy, "digit_accuracy": digit_accuracy, "config": str(work / f"{name}.yml")}
     print(json.dumps(record), flush=True)
     return record
 
@@ -217,9 +223,9 @@ def main(argv=None) -> dict:
     for method in args.methods.split(","):
         runs = [r for r in records if r["method"] == method]
         table[method] = {
-            mode: {"values": [r["accuracy"][mode] for r in runs],
-                   "median": statistics.median(r["accuracy"][mode] for r in runs)}
-            for mode in ("with_cot", "no_cot")
+            f"{metric}_{mode}" if metric == "digit_accuracy" else mode: {
+                "values": [r[metric][mode] for r in runs], "median": statistics.median(r[metric][mode] for r in runs)}
+            for metric in ("accuracy", "digit_accuracy") for mode in ("with_cot", "no_cot")
         }
     result = {"command": command_line(), "machine": note, "args": vars(args), "model": model_kwargs,
               "cot_tokens": prepared["cot_tokens"], "sequence_tokens": prepared["sequence_tokens"],
@@ -227,7 +233,9 @@ def main(argv=None) -> dict:
     save_json(work / "effect_result.json", result)
     print(f"\n{result['command']}\n{note}")
     for method, row in table.items():
-        print(f"{method:7s} with CoT {row['with_cot']['values']}  no CoT {row['no_cot']['values']}")
+        print(f"{method:7s} with CoT {row['with_cot']['values']}  no CoT {row['no_cot']['values']}  "
+              f"digits: with CoT {row['digit_accuracy_with_cot']['values']}  "
+              f"no CoT {row['digit_accuracy_no_cot']['values']}")
     return result
 
 

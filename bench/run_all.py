@@ -28,9 +28,13 @@ FULL_ARGS = {
          "--no-micro"],
     ],
     "effect": [
-        [*EFFECT_3X3, "--epochs", "5", "--start-epoch", "2", "--tokens-per-epoch", "12", "--seeds", "0,1,2"],
+        [*EFFECT_3X3, "--epochs", "5", "--start-epoch", "2", "--tokens-per-epoch", "12",
+         "--methods", "no_cot,cot,si,mft,mft_0.1", "--seeds", "0,1,2"],
         [*EFFECT_3X3, "--tag", "_long", "--epochs", "24", "--start-epoch", "4", "--tokens-per-epoch", "1.5",
          "--methods", "no_cot,si", "--seeds", "0,1"],
+        # 4x4 probe: can explicit CoT learn it at this size within ~20 minutes?
+        ["--digits", "4", "--train-count", "16000", "--test-count", "500", "--epochs", "3", "--hidden", "128",
+         "--layers", "3", "--methods", "cot", "--seeds", "0", "--jobs", "1"],
     ],
     "eval_throughput": [["--count", "256", "--repeats", "3"]],
 }
