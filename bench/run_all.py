@@ -26,6 +26,8 @@ FULL_ARGS = {
         ["--repeats", "3", "--cycle-repeats", "0", "--steps", "12", "--warmup", "2", "--rows", "400", "--no-micro"],
         ["--repeats", "0", "--cycle-repeats", "3", "--steps", "40", "--warmup", "2", "--rows", "400", "--packing",
          "--no-micro"],
+        ["--repeats", "5", "--cycle-repeats", "0", "--steps", "20", "--warmup", "2", "--rows", "400", "--no-micro",
+         "--configs", "off,masked_thought"],
     ],
     "effect": [
         [*EFFECT_3X3, "--epochs", "5", "--start-epoch", "2", "--tokens-per-epoch", "12",
