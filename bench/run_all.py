@@ -1,7 +1,7 @@
 """Run every benchmark in turn: ``python bench/run_all.py [--quick] [--only NAME,...]``.
 
-tokenization → overhead → effect → eval_throughput (eval last: it uses the model
-the effect benchmark trains). ``--quick`` (about 5 minutes on 2 shared cores) only
+tokenization → overhead → effect → gsm8k_probe → eval_throughput (eval last: it
+uses the model the effect benchmark trains). ``--quick`` (about 5 minutes on 2 shared cores) only
 checks that each script runs end to end; its figures are not the recorded ones.
 Results: JSON files under $MASKTHOUGHT_BENCH_DIR (default /tmp/maskthought-bench);
 the recorded figures and their command lines are in bench/RESULTS.md.
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
-ORDER = ("tokenization", "overhead", "effect", "eval_throughput")
+ORDER = ("tokenization", "overhead", "effect", "gsm8k_probe", "eval_throughput")
 # One or more invocations per script: the commands recorded in bench/RESULTS.md.
 EFFECT_3X3 = ["--digits", "3", "--train-count", "8000", "--test-count", "500", "--hidden", "128", "--layers", "3"]
 FULL_ARGS = {
@@ -38,6 +38,7 @@ FULL_ARGS = {
         ["--digits", "4", "--train-count", "16000", "--test-count", "500", "--epochs", "3", "--hidden", "128",
          "--layers", "3", "--methods", "cot", "--seeds", "0", "--jobs", "1"],
     ],
+    "gsm8k_probe": [["--epochs", "1", "--test-count", "200"]],
     "eval_throughput": [["--count", "256", "--repeats", "3"]],
 }
 
