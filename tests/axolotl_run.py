@@ -48,15 +48,21 @@ EVENTS: list[str] = []  # plugin hooks in call order
 STATE: dict = {}  # "trainer", "embeddings" (input/output rows at trainer creation)
 
 
-def _record_forward(module, args, kwargs):
+def forward_record(module, args, kwargs, keys) -> dict:
+    """CPU copies of a forward call's ``keys`` (``input_ids`` may come positionally)
+    and whether the module was training; for ``register_forward_pre_hook(with_kwargs=True)``."""
     values = dict(kwargs)
     if args and "input_ids" not in values:
         values["input_ids"] = args[0]
     entry = {"training": bool(module.training)}
-    for key in RECORDED_KEYS:
+    for key in keys:
         value = values.get(key)
         entry[key] = value.detach().cpu().clone() if value is not None else None
-    FORWARDS.append(entry)
+    return entry
+
+
+def _record_forward(module, args, kwargs):
+    FORWARDS.append(forward_record(module, args, kwargs, RECORDED_KEYS))
 
 
 class CapturePlugin(BasePlugin):

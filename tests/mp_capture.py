@@ -31,6 +31,7 @@ from pathlib import Path
 from axolotl.integrations.base import BasePlugin
 
 from axolotl_maskthought.tiny import OFFLINE_ENV, cpu_config
+from axolotl_run import forward_record
 
 RECORD_PLUGIN = "mp_capture.RecordInProcess"
 MASKTHOUGHT_PLUGIN = "axolotl_maskthought.MaskThoughtPlugin"
@@ -136,15 +137,22 @@ class CapturePerRank(BasePlugin):
 
 # ---- in-process runs -----------------------------------------------------------------
 def _record_forward(module, args, kwargs):
-    values = dict(kwargs)
-    if args and "input_ids" not in values:
-        values["input_ids"] = args[0]
-    entry = {"training": bool(module.training)}
-    for key in FORWARD_KEYS:
-        value = values.get(key)
-        entry[key] = value.detach().cpu().clone() if value is not None else None
-    entry["max_length_q"] = values.get("max_length_q")
+    entry = forward_record(module, args, kwargs, FORWARD_KEYS)
+    entry["max_length_q"] = kwargs.get("max_length_q")
     RECORD["forwards"].append(entry)
+
+
+def arithmetic_workspace(directory: Path, count: int, seed: int, terms: int, **model_kwargs) -> tuple[Path, Path]:
+    """``count`` generated arithmetic rows written to ``directory/arith.jsonl``, and a
+    tiny model (``build_tiny``, ``model_kwargs``) whose tokenizer was trained on them."""
+    from axolotl_maskthought.data import generate_arithmetic, write_jsonl
+    from axolotl_maskthought.tiny import build_tiny
+
+    rows = generate_arithmetic(count, seed=seed, terms=terms)
+    data = Path(directory) / "arith.jsonl"
+    write_jsonl(data, rows)
+    model = build_tiny(Path(directory) / "model", [r["question"] + " " + r["answer"] for r in rows], **model_kwargs)
+    return data, model
 
 
 class RecordInProcess(BasePlugin):

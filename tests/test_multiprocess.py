@@ -32,8 +32,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from axolotl_maskthought.data import generate_arithmetic, write_jsonl
-from axolotl_maskthought.tiny import OFFLINE_ENV, build_tiny, cpu_config
+from axolotl_maskthought.tiny import OFFLINE_ENV, cpu_config
+from mp_capture import arithmetic_workspace
 
 TESTS_DIR = Path(__file__).resolve().parent
 TIMEOUT_SECONDS = 420
@@ -42,11 +42,8 @@ MAX_STEPS = 8
 
 
 def _config(tmp: Path) -> Path:
-    rows = generate_arithmetic(ROWS, seed=3, terms=4)
-    data = tmp / "arithmetic.jsonl"
-    write_jsonl(data, rows)
-    model = build_tiny(tmp / "model", [r["question"] + " " + r["answer"] for r in rows],
-                       vocab_size=300, arch="llama", hidden=32, layers=2, heads=2)
+    data, model = arithmetic_workspace(tmp, ROWS, seed=3, terms=4, vocab_size=300, arch="llama", hidden=32,
+                                       layers=2, heads=2)
     config = cpu_config(
         model,
         [{"path": str(data), "ds_type": "json", "type": "axolotl_maskthought.strategies.gsm8k"}],

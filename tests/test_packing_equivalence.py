@@ -204,15 +204,9 @@ def test_axolotl_packed_training_batches_isolate_examples(tmp_path):
     those tensors the packed forward equals each example's forward on its own."""
     import yaml
 
-    from axolotl_maskthought.data import write_jsonl
-    from axolotl_maskthought.tiny import build_tiny
-    from mp_capture import run_config, train_in_process
+    from mp_capture import arithmetic_workspace, run_config, train_in_process
 
-    rows = generate_arithmetic(48, seed=5, terms=4)
-    data = tmp_path / "arith.jsonl"
-    write_jsonl(data, rows)
-    base = build_tiny(tmp_path / "model", [r["question"] + " " + r["answer"] for r in rows],
-                      vocab_size=320, hidden=32, layers=2, heads=2)
+    data, base = arithmetic_workspace(tmp_path, 48, seed=5, terms=4, vocab_size=320, hidden=32, layers=2, heads=2)
     config = run_config(
         base, tmp_path / "out", [{"path": str(data), "ds_type": "json", "type": "axolotl_maskthought.strategies.gsm8k"}],
         sample_packing=True, attn_implementation="sdpa", sequence_len=256, micro_batch_size=2, max_steps=4,

@@ -95,15 +95,9 @@ def test_packing_with_flash_varlen_metadata_in_batches(tmp_path):
     not receive metadata of the pre-removal layout."""
     from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
 
-    from axolotl_maskthought.data import generate_arithmetic, write_jsonl
-    from axolotl_maskthought.tiny import build_tiny
-    from mp_capture import MASKTHOUGHT_PLUGIN, RECORD_PLUGIN, run_config, train_in_process
+    from mp_capture import MASKTHOUGHT_PLUGIN, RECORD_PLUGIN, arithmetic_workspace, run_config, train_in_process
 
-    rows = generate_arithmetic(32, seed=9, terms=3)
-    data = tmp_path / "arith.jsonl"
-    write_jsonl(data, rows)
-    base = build_tiny(tmp_path / "model", [r["question"] + " " + r["answer"] for r in rows],
-                      vocab_size=300, hidden=32, layers=1, heads=2)
+    data, base = arithmetic_workspace(tmp_path, 32, seed=9, terms=3, vocab_size=300, hidden=32, layers=1, heads=2)
     config = run_config(
         base, tmp_path / "out", [{"path": str(data), "ds_type": "json", "type": "axolotl_maskthought.strategies.gsm8k"}],
         plugins=[MASKTHOUGHT_PLUGIN, "mp_capture.EmitFlashVarlenKwargs", RECORD_PLUGIN],
