@@ -50,10 +50,12 @@ def base_config(model_dir: Path, dataset: dict, output_dir: Path, **overrides) -
 
 
 def run_training(config_path: Path, result_path: Path, log_path: Path, timeout: float = 3600,
-                 env: dict | None = None) -> dict:
-    """Train ``config_path`` in a fresh process (bench/train_worker.py); returns its JSON result."""
+                 env: dict | None = None, threads: int | None = None) -> dict:
+    """Train ``config_path`` in a fresh process (bench/train_worker.py); returns its JSON result.
+    ``threads``: torch (OpenMP/MKL) threads of that process."""
     command = [sys.executable, str(BENCH_DIR / "train_worker.py"), str(config_path), str(result_path)]
-    env = {**os.environ, **OFFLINE_ENV, **(env or {}),
+    thread_env = {} if threads is None else {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = {**os.environ, **OFFLINE_ENV, **thread_env, **(env or {}),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH_DIR), os.environ.get("PYTHONPATH")]))}
     result_path.unlink(missing_ok=True)
     started = time.perf_counter()

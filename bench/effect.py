@@ -156,8 +156,7 @@ def run_one(method: str, seed: int, prepared: dict, args, work: Path) -> dict:
     )
     config_path = write_yaml(work / f"{name}.yml", config)
     if not args.eval_only and not (args.reuse and (work / f"{name}.json").exists()):
-        run_training(config_path, work / f"{name}.json", work / f"{name}.log",
-                     env={"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)})
+        run_training(config_path, work / f"{name}.json", work / f"{name}.log", threads=args.threads)
     with EVAL_LOCK:
         return evaluate_run(method, seed, prepared, work)
 

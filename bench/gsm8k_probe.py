@@ -50,8 +50,7 @@ def main(argv=None) -> dict:
                                 micro_batch_size=args.batch_size, num_epochs=args.epochs, learning_rate=args.lr,
                                 weight_decay=0.01, max_grad_norm=1.0, logging_steps=50, save_strategy="no")
     config_path = common.write_yaml(work / "sft.yml", config)
-    trained = common.run_training(config_path, work / "sft.json", work / "sft.log",
-                                  env={"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)})
+    trained = common.run_training(config_path, work / "sft.json", work / "sft.log", threads=args.threads)
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

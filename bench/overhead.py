@@ -83,7 +83,6 @@ def training_rounds(work: Path, model_dir: Path, data_path: Path, repeats: int, 
     dataset = {"path": str(data_path), "ds_type": "json", "type": "axolotl_maskthought.strategies.gsm8k"}
     runs: dict[str, list[dict]] = {name: [] for name in names}
     cycle: dict[str, list[float]] = {mode: [] for mode in MODES}
-    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     for round_index in range(max(repeats, cycle_repeats)):
         order = list(names) if round_index % 2 == 0 else list(reversed(names))
         order = order if round_index < repeats else []
@@ -95,7 +94,7 @@ def training_rounds(work: Path, model_dir: Path, data_path: Path, repeats: int, 
                                      **CONFIGS["both"], **extra)
                 config_path = write_yaml(work / "cycle.yml", config)
                 result = run_training(config_path, work / "cycle.json", work / f"cycle.{round_index}.log",
-                                      env={**env, "STEPTIMER_CYCLE": "1"})
+                                      env={"STEPTIMER_CYCLE": "1"}, threads=threads)
                 pairs = list(zip(result["step_modes"], result["step_seconds"]))[4 * warmup:]
                 per_mode = {mode: statistics.median([s for m, s in pairs if m == mode]) for mode in MODES}
                 for mode in MODES:
@@ -106,7 +105,8 @@ def training_rounds(work: Path, model_dir: Path, data_path: Path, repeats: int, 
             config = base_config(model_dir, dataset, work / "out" / name, max_steps=steps, **CONFIGS[name],
                                  **extra)
             config_path = write_yaml(work / f"{name}.yml", config)
-            result = run_training(config_path, work / f"{name}.json", work / f"{name}.{round_index}.log", env=env)
+            result = run_training(config_path, work / f"{name}.json", work / f"{name}.{round_index}.log",
+                                  threads=threads)
             timed = result["step_seconds"][warmup:]
             runs[name].append(
                 {
