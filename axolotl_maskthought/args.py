@@ -206,7 +206,7 @@ class MaskThoughtArgs(BaseModel):
     def _check_with_axolotl_keys(cls, data):
         if not isinstance(data, dict):
             return data
-        from .validation import check_config
+        from .adapters.axolotl.validation import check_config
 
         check_config(data)
         return data

@@ -220,8 +220,8 @@ def run_shape(config: dict, dataset_size: int | None = None, world_size: int | N
 def plan_schedule(config: dict, dataset_size: int | None = None, world_size: int | None = None,
                   micro_batches_per_epoch: int | None = None) -> SchedulePlan:
     """Mask rate and removal count of every optimizer step, from the trainer's functions."""
-    from .masking import mask_rate
-    from .schedule import first_micro_batch, optimizer_step_count
+    from .ops.masking import mask_rate
+    from .ops.schedule import first_micro_batch, optimizer_step_count
 
     masked, removal = validate_blocks(config)
     shape = run_shape(config, dataset_size, world_size, micro_batches_per_epoch)
@@ -244,7 +244,7 @@ def plan_schedule(config: dict, dataset_size: int | None = None, world_size: int
 
 # ---- output ------------------------------------------------------------------------------------------
 def show_count(count: int | None) -> str:
-    from .schedule import REMOVE_ALL
+    from .ops.schedule import REMOVE_ALL
 
     if count is None:
         return "-"
@@ -252,7 +252,7 @@ def show_count(count: int | None) -> str:
 
 
 def _notes_for(plan: SchedulePlan, previous: ScheduleRow | None, row: ScheduleRow) -> str:
-    from .schedule import REMOVE_ALL
+    from .ops.schedule import REMOVE_ALL
 
     notes = []
     if previous is not None and row.removal_count != previous.removal_count:
@@ -294,7 +294,7 @@ def format_table(plan: SchedulePlan) -> str:
 
 
 def describe(plan: SchedulePlan, config_path: str | None = None) -> str:
-    from .schedule import SMOOTHING_SUPPORT, smoothing_distribution, steps_per_removed_token
+    from .ops.schedule import SMOOTHING_SUPPORT, smoothing_distribution, steps_per_removed_token
 
     shape = plan.shape
     lines = []
@@ -351,7 +351,7 @@ def plot_schedule(plan: SchedulePlan, path: str | Path, title: str | None = None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .schedule import REMOVE_ALL
+    from .ops.schedule import REMOVE_ALL
 
     panels = [key for key, block in (("rate", plan.masked_thought), ("removal", plan.cot_removal)) if block is not None]
     figure, axes = plt.subplots(len(panels), 1, figsize=(9, 3 * len(panels)), sharex=True, squeeze=False)

@@ -143,10 +143,10 @@ def micro_benchmark(model_dir: Path, data_path: Path, repeats: int) -> dict:
 
     from axolotl_maskthought.args import PROMPT_TEMPLATES
     from axolotl_maskthought.formats import parse_gsm8k_row, tokenize_gsm8k
-    from axolotl_maskthought.masking import make_generator, mask_thought
-    from axolotl_maskthought.optimizer_reset import reset_optimizer_state
-    from axolotl_maskthought.removal import remove_cot
-    from axolotl_maskthought.schedule import smoothing_distribution
+    from axolotl_maskthought.ops.masking import make_generator, mask_thought
+    from axolotl_maskthought.ops.optimizer_reset import reset_optimizer_state
+    from axolotl_maskthought.ops.removal import remove_cot
+    from axolotl_maskthought.ops.schedule import smoothing_distribution
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)

@@ -26,7 +26,7 @@ from test_schedule import hf_loop_first_micro_batches, official_loop
 
 from axolotl_maskthought.data import generate_multiplication, write_lines
 from axolotl_maskthought.formats import IGNORE_INDEX, parse_icot_line, tokenize_icot
-from axolotl_maskthought.schedule import REMOVE_ALL
+from axolotl_maskthought.ops.schedule import REMOVE_ALL
 
 ROWS = 48
 PLUGINS = [MASKTHOUGHT_PLUGIN, CAPTURE_PLUGIN, removal_capture.PLUGIN]

@@ -1,4 +1,4 @@
-"""Masked Thought maths (axolotl_maskthought.masking) on seeded tensors."""
+"""Masked Thought maths (axolotl_maskthought.ops.masking) on seeded tensors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from axolotl_maskthought.masking import (
+from axolotl_maskthought.ops.masking import (
     make_generator,
     mask_rate,
     mask_thought,

@@ -95,7 +95,7 @@ def test_trainer_and_collator_are_axolotls(runs):
     from axolotl.core.trainers.base import AxolotlTrainer
 
     from axolotl_maskthought.collator import CoTSpanCollator
-    from axolotl_maskthought.trainer import MaskThoughtTrainer
+    from axolotl_maskthought.adapters.axolotl.trainer import MaskThoughtTrainer
 
     with_plugin, without = runs["with"]["trainer"], runs["without"]["trainer"]
     for trainer in (with_plugin, without):

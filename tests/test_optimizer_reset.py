@@ -26,7 +26,7 @@ import warnings
 import pytest
 import torch
 
-from axolotl_maskthought.optimizer_reset import reset_optimizer_state, unwrap_optimizer
+from axolotl_maskthought.ops.optimizer_reset import reset_optimizer_state, unwrap_optimizer
 
 # --------------------------------------------------------------------------------------
 # helpers

@@ -32,8 +32,8 @@ from axolotl_maskthought.collator import COT_MASK, CoTSpanCollator
 from axolotl_maskthought.data import generate_arithmetic
 from axolotl_maskthought.formats import parse_gsm8k_row, tokenize_gsm8k
 from axolotl_maskthought.args import PROMPT_TEMPLATES
-from axolotl_maskthought.removal import remove_cot
-from axolotl_maskthought.schedule import REMOVE_ALL
+from axolotl_maskthought.ops.removal import remove_cot
+from axolotl_maskthought.ops.schedule import REMOVE_ALL
 from axolotl_maskthought.tiny import build_model, build_tokenizer
 
 PACKS = [[0, 1, 2], [3, 4]]  # example indices per packed row
@@ -181,7 +181,7 @@ def test_a_packed_row_without_block_diagonal_mask_differs(setup):
 def test_kept_positions_would_split_packed_examples(setup):
     """Why `keep_position` is refused with packing: the gap the removed tokens leave in
     the position ids reads as an example boundary, so the packed loss differs."""
-    from axolotl_maskthought.validation import check_config
+    from axolotl_maskthought.adapters.axolotl.validation import check_config
 
     tokenizer, features = setup
     model = _model(tokenizer, "sdpa")

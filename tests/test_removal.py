@@ -1,4 +1,4 @@
-"""CoT removal on collated batches (``axolotl_maskthought.removal.remove_cot``).
+"""CoT removal on collated batches (``axolotl_maskthought.ops.removal.remove_cot``).
 
 Random seeded batches, padded or packed like axolotl's collators lay them out,
 are compared with a naive per-example reference written with Python lists.
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from axolotl_maskthought.removal import remove_cot
-from axolotl_maskthought.schedule import REMOVE_ALL, sample_offsets, smoothing_distribution
+from axolotl_maskthought.ops.removal import remove_cot
+from axolotl_maskthought.ops.schedule import REMOVE_ALL, sample_offsets, smoothing_distribution
 
 EOS, PAD = 2, 0
 IGNORE = -100

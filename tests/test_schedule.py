@@ -1,4 +1,4 @@
-"""Stepwise Internalization schedule maths (``axolotl_maskthought.schedule``).
+"""Stepwise Internalization schedule maths (``axolotl_maskthought.ops.schedule``).
 
 The reference below is a literal re-enactment of the official training loop
 (Deng et al., arXiv 2405.14838): a ``remove_step_counter`` and a
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from axolotl_maskthought import schedule
-from axolotl_maskthought.schedule import REMOVE_ALL
+from axolotl_maskthought.ops.schedule import REMOVE_ALL
 
 INF = float("inf")
 

@@ -18,7 +18,7 @@ from axolotl_run import MASKTHOUGHT_PLUGIN, CAPTURE_PLUGIN, build_base_model, ru
 
 from axolotl_maskthought import cli
 from axolotl_maskthought.data import generate_multiplication, write_lines
-from axolotl_maskthought.schedule import REMOVE_ALL
+from axolotl_maskthought.ops.schedule import REMOVE_ALL
 from axolotl_maskthought.schedule_cli import plan_schedule, run_shape, table_rows
 
 ICOT = "axolotl_maskthought.strategies.icot"

@@ -65,7 +65,7 @@ def test_plugin_hooks_match_axolotls_signatures():
 def test_trainer_methods_we_override_or_call_exist():
     from axolotl.core.trainers.base import AxolotlTrainer
 
-    from axolotl_maskthought.trainer import MaskThoughtTrainer
+    from axolotl_maskthought.adapters.axolotl.trainer import MaskThoughtTrainer
 
     expected = {
         "get_batch_samples": ["self", "epoch_iterator", "num_batches", "device"],

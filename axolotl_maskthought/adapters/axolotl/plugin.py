@@ -41,7 +41,7 @@ def _mask_token(cfg) -> str | None:
 
 def tokenization_fingerprint(cfg) -> str:
     """What of this plugin's settings changes tokenized data (axolotl's hash sees none of it)."""
-    from . import __version__
+    from ... import __version__
 
     payload = {
         "version": __version__,
@@ -81,7 +81,7 @@ class MaskThoughtPlugin(BasePlugin):
             return
         from transformers import AutoTokenizer
 
-        from .embeddings import init_rows_to_mean
+        from ...ops.embeddings import init_rows_to_mean
 
         base = AutoTokenizer.from_pretrained(cfg.get("tokenizer_config") or cfg["base_model"])
         if token in base.get_vocab():
@@ -95,7 +95,7 @@ class MaskThoughtPlugin(BasePlugin):
     def post_lora_load(self, cfg, model):
         if _mask_token(cfg) is None or cfg.get("adapter") not in ("lora", "qlora"):
             return
-        from .embeddings import untrainable_embeddings
+        from ...ops.embeddings import untrainable_embeddings
 
         missing = untrainable_embeddings(model)
         if missing:
@@ -117,7 +117,7 @@ class MaskThoughtPlugin(BasePlugin):
         block = cfg.get("cot_format")
         if not block or not block.get("eval_accuracy_samples"):
             return []
-        from .callbacks import build_accuracy_callback
+        from ...callbacks import build_accuracy_callback
 
         callback = build_accuracy_callback(cfg, trainer)
         return [callback] if callback is not None else []

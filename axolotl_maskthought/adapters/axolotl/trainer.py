@@ -17,11 +17,11 @@ import os
 import torch
 from axolotl.core.trainers.base import AxolotlTrainer
 
-from .args import CoTRemovalConfig, MaskedThoughtConfig
-from .collator import COT_MASK, CoTSpanCollator
-from .masking import make_generator, mask_rate, mask_thought, step_seed
-from .removal import remove_cot
-from .schedule import (
+from ...args import CoTRemovalConfig, MaskedThoughtConfig
+from ...collator import COT_MASK, CoTSpanCollator
+from ...ops.masking import make_generator, mask_rate, mask_thought, step_seed
+from ...ops.removal import remove_cot
+from ...ops.schedule import (
     REMOVE_ALL,
     first_micro_batch,
     in_full_cot_epochs,
@@ -134,7 +134,7 @@ class MaskThoughtTrainer(AxolotlTrainer):
             if _distributed():
                 torch.distributed.all_reduce(all_removed, op=torch.distributed.ReduceOp.MIN)
             if should_reset_optimizer(previous, count, bool(all_removed.item())) and self.optimizer is not None:
-                from .optimizer_reset import reset_optimizer_state
+                from ...ops.optimizer_reset import reset_optimizer_state
 
                 reset = reset_optimizer_state(self.optimizer)
                 LOG.info("step %d: CoT removal count %s -> %s, optimizer state reset (%d tensors' states)",

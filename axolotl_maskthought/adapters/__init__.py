@@ -1,0 +1,1 @@
+"""One thin adapter per training framework, each on :mod:`axolotl_maskthought.engine`."""

@@ -1,0 +1,1 @@
+"""The axolotl adapter: plugin, trainer subclass and config checks."""
