@@ -15,6 +15,15 @@ COT_MASK = "cot_mask"
 
 
 class CoTSpanCollator:
+    """Wrap ``inner`` (any HF/axolotl collator) so that the ``cot_mask`` column survives.
+
+    Each feature's ``cot_mask`` is a list of 0/1 of the feature's length (1 = CoT
+    token, as recorded by this package's strategies or ``formats.tokenize_cot``).
+    The batch gets ``cot_mask`` as a (B, T) long tensor laid out like
+    ``input_ids``: packed rows concatenate their examples' masks, padding is 0 on
+    ``padding_side``. Features without ``cot_mask`` pass through unchanged.
+    """
+
     def __init__(self, inner, padding_side: str = "right"):
         self.inner = inner
         self.padding_side = padding_side
@@ -39,7 +48,14 @@ class CoTSpanCollator:
         for pack in packs:
             row = []
             for feature in pack:
-                row.extend(int(v) for v in feature.pop(COT_MASK))
+                cot_mask = feature.pop(COT_MASK)
+                if len(cot_mask) != len(feature["input_ids"]):
+                    raise ValueError(
+                        f"`cot_mask` has {len(cot_mask)} entries but `input_ids` {len(feature['input_ids'])}: "
+                        "something changed the tokens without the CoT span (e.g. TRL's truncation or "
+                        "packing: pre-truncate the rows and set `max_length=None`, `packing=False`)"
+                    )
+                row.extend(int(v) for v in cot_mask)
             masks.append(row)
         batch = self._call_inner(features, return_tensors)
         width = batch["input_ids"].shape[1]
@@ -61,13 +77,16 @@ class CoTSpanCollator:
 
 def _packs_flat_lists(inner) -> bool:
     """Whether ``inner`` turns a flat list of examples into ONE row (packing collators)."""
-    from axolotl.utils.collators.batching import (
-        BatchSamplerDataCollatorForSeq2Seq,
-        V2BatchSamplerDataCollatorForSeq2Seq,
-    )
     from transformers import DataCollatorWithFlattening
 
-    return isinstance(
-        inner,
-        (BatchSamplerDataCollatorForSeq2Seq, V2BatchSamplerDataCollatorForSeq2Seq, DataCollatorWithFlattening),
-    )
+    packing: tuple[type, ...] = (DataCollatorWithFlattening,)
+    try:
+        from axolotl.utils.collators.batching import (
+            BatchSamplerDataCollatorForSeq2Seq,
+            V2BatchSamplerDataCollatorForSeq2Seq,
+        )
+    except ImportError:  # used without axolotl (plain transformers / TRL)
+        pass
+    else:
+        packing += (BatchSamplerDataCollatorForSeq2Seq, V2BatchSamplerDataCollatorForSeq2Seq)
+    return isinstance(inner, packing) or bool(getattr(inner, "padding_free", False))  # TRL

@@ -125,3 +125,20 @@ def tokenize_gsm8k(tokenizer, example: CoTExample, template: str, train_on_input
     cot, rest = _ids_batch(tokenizer, [example.cot, f"{ANSWER_MARK} {example.answer}"])
     rest = rest + [tokenizer.eos_token_id]
     return _example(prompt, cot, rest, train_on_inputs)
+
+
+def tokenize_cot(tokenizer, prompt: str, cot: str, answer: str, train_on_inputs: bool = False) -> dict:
+    """One training row from your own text, with the CoT span recorded for the engine.
+
+    ``prompt`` is tokenized with the tokenizer's special tokens (BOS, no EOS),
+    ``cot`` (the reasoning) and ``answer`` (what follows it, e.g. ``"#### 72"``)
+    without; EOS is appended. Returns lists of equal length: ``input_ids``,
+    ``attention_mask``, ``labels`` (-100 on the prompt unless ``train_on_inputs``)
+    and ``cot_mask`` (1 on the CoT tokens, which Stepwise Internalization removes
+    and ``masked_thought.scope: reasoning`` masks; 0 elsewhere).
+    """
+    prompt_ids = _prompt_ids(tokenizer, prompt)
+    cot_ids, answer_ids = _ids_batch(tokenizer, [cot, answer])
+    if tokenizer.eos_token_id is not None:
+        answer_ids = answer_ids + [tokenizer.eos_token_id]
+    return _example(prompt_ids, cot_ids, answer_ids, train_on_inputs)

@@ -79,7 +79,8 @@ class CapturePerRank(BasePlugin):
         return None
 
     def post_trainer_create(self, cfg, trainer):
-        from axolotl_maskthought import optimizer_reset, trainer as trainer_module
+        from axolotl_maskthought.engine import mixin as trainer_module
+        from axolotl_maskthought.ops import optimizer_reset
 
         import torch.distributed as dist
 

@@ -29,15 +29,27 @@ class RemovalResult:
 
     @property
     def all_cot_removed(self) -> bool:
-        return bool((self.cot_left_per_example == 0).all())
+        """Whether no example kept any CoT token (waits for the device)."""
+        return bool(self.all_cot_removed_flag())
+
+    def all_cot_removed_flag(self) -> torch.Tensor:
+        """0-d bool tensor on the batch's device: no example kept any CoT token."""
+        return (self.cot_left_per_example == 0).all()
+
+    def stat_tensors(self) -> dict[str, torch.Tensor]:
+        """``removed_tokens_mean`` and ``no_cot_fraction`` as 0-d float tensors, no host sync.
+
+        With no example in the batch: 0 removed and a no-CoT fraction of 1.
+        """
+        removed = self.removed_per_example.float()
+        no_cot = (self.cot_left_per_example == 0).float()
+        if removed.numel() == 0:
+            return {"removed_tokens_mean": removed.new_zeros(()), "no_cot_fraction": removed.new_ones(())}
+        return {"removed_tokens_mean": removed.mean(), "no_cot_fraction": no_cot.mean()}
 
     def stats(self) -> dict[str, float]:
-        if self.removed_per_example.numel() == 0:
-            return {"removed_tokens_mean": 0.0, "no_cot_fraction": 1.0}
-        return {
-            "removed_tokens_mean": self.removed_per_example.float().mean().item(),
-            "no_cot_fraction": (self.cot_left_per_example == 0).float().mean().item(),
-        }
+        """:meth:`stat_tensors` as Python floats."""
+        return {name: value.item() for name, value in self.stat_tensors().items()}
 
 
 def segment_starts(shape: torch.Size, position_ids: torch.Tensor | None, device) -> torch.Tensor:

@@ -58,6 +58,10 @@ class MaskThoughtPlugin(BasePlugin):
         return "axolotl_maskthought.args.MaskThoughtArgs"
 
     def register(self, cfg: dict):
+        if is_active(cfg) and cfg.get("trainer_cls"):
+            from .trainer import trainer_class
+
+            trainer_class(cfg["trainer_cls"])  # fail on a bad `trainer_cls` before any model loads
         # The <mask> token goes through axolotl's own `tokens:` so that the tokenizer
         # and the embedding resize stay axolotl's; we only initialise its rows.
         token = _mask_token(cfg)
@@ -108,9 +112,9 @@ class MaskThoughtPlugin(BasePlugin):
     def get_trainer_cls(self, cfg):
         if not is_active(cfg) or cfg.get("rl"):
             return None
-        from .trainer import MaskThoughtTrainer
+        from .trainer import trainer_class
 
-        return MaskThoughtTrainer
+        return trainer_class(cfg.get("trainer_cls"))
 
     def add_callbacks_post_trainer(self, cfg, trainer):
         """Answer accuracy at evaluation steps when `cot_format.eval_accuracy_samples` > 0."""
@@ -123,7 +127,7 @@ class MaskThoughtPlugin(BasePlugin):
         return [callback] if callback is not None else []
 
     def post_trainer_create(self, cfg, trainer):
-        from .trainer import MaskThoughtTrainer
+        from ...engine import MaskThoughtMixin
 
-        if isinstance(trainer, MaskThoughtTrainer):
+        if isinstance(trainer, MaskThoughtMixin):
             trainer.configure_maskthought(cfg.get("masked_thought"), cfg.get("cot_removal"))

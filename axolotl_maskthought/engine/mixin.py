@@ -1,0 +1,348 @@
+"""The engine: per-step CoT removal and Masked Thought for any ``transformers.Trainer``.
+
+:class:`MaskThoughtMixin` goes before a Trainer class in the bases
+(``class T(MaskThoughtMixin, Trainer)``) and owns all per-step state: the
+removal schedule and the count in force, the optimizer-reset decision, the masks,
+the metrics and what a checkpoint must carry. It depends on torch and transformers
+only; the maths lives in :mod:`axolotl_maskthought.ops`.
+
+Everything step-dependent happens in the trainer process, on the device: right
+after the HF loop has fetched the micro-batches of an optimizer step
+(``get_batch_samples``) and before the loss normaliser ``num_items_in_batch`` is
+counted, so the count matches what the model sees. Evaluation batches are
+transformed in ``prediction_step``, before transformers counts their labels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+
+import torch
+
+from ..args import CoTRemovalConfig, MaskedThoughtConfig
+from ..collator import COT_MASK, CoTSpanCollator
+from ..ops.masking import make_generator, mask_rate, mask_thought, step_seed
+from ..ops.removal import remove_cot
+from ..ops.schedule import (
+    REMOVE_ALL,
+    first_micro_batch,
+    in_full_cot_epochs,
+    optimizer_step_count,
+    should_reset_optimizer,
+    smoothing_distribution,
+)
+from .metrics import DeviceMetrics
+
+LOG = logging.getLogger("axolotl.maskthought")
+STATE_FILE = "maskthought_state.json"
+# Flash-attention varlen metadata that packing collators (axolotl >= 0.21,
+# transformers' DataCollatorWithFlattening) compute from the position ids; it
+# describes the rows before CoT removal, so it is dropped and transformers derives
+# it again from the new position ids.
+FA_VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+
+
+def show_count(count: int) -> int:
+    """A removal count as logged: -1 stands for "the whole CoT"."""
+    return -1 if count == REMOVE_ALL else count
+
+
+class MaskThoughtMixin:
+    """Trainer mixin: Stepwise Internalization (arXiv 2405.14838) and Masked Thought (arXiv 2403.02178).
+
+    Keyword arguments added to the Trainer's: ``masked_thought`` and ``cot_removal``
+    (a :class:`~axolotl_maskthought.args.MaskedThoughtConfig` /
+    :class:`~axolotl_maskthought.args.CoTRemovalConfig`, a dict of their fields, or
+    None = off). Both None: the trainer behaves exactly as its base class. They can
+    also be set after construction with :meth:`configure_maskthought`.
+
+    Training rows carry ``input_ids``, ``labels`` and a ``cot_mask`` column (0/1
+    per token, 1 = CoT) when ``cot_removal`` or ``masked_thought.scope: reasoning``
+    is on. The data collator is wrapped in :class:`~axolotl_maskthought.collator.CoTSpanCollator`
+    so that ``cot_mask`` is padded like ``input_ids``.
+
+    Logged with the training loss: ``masked_thought/rate``,
+    ``masked_thought/masked_fraction``, ``cot_removal/scheduled`` (-1 = whole CoT),
+    ``cot_removal/removed_tokens_mean``, ``cot_removal/no_cot_fraction``,
+    ``cot_removal/optimizer_reset``.
+    """
+
+    def __init__(self, *args, masked_thought=None, cot_removal=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        padding_side = getattr(self.processing_class, "padding_side", "right")
+        for name in ("data_collator", "train_data_collator", "eval_data_collator"):
+            collator = getattr(self, name, None)
+            if collator is not None and not isinstance(collator, CoTSpanCollator):
+                setattr(self, name, CoTSpanCollator(collator, padding_side))
+        self.masked_thought: MaskedThoughtConfig | None = None
+        self.cot_removal: CoTRemovalConfig | None = None
+        self.micro_batches_per_epoch: int | None = None
+        self.count_in_force = 0
+        self.all_cot_removed_last_batch: torch.Tensor | bool = False
+        self.applied_counts: dict[int, int] = {}  # optimizer step -> count in force
+        self.maskthought_metrics = DeviceMetrics()
+        self._smoothing_probs: torch.Tensor | None = None
+        self._replacement_id: int | None = None
+        if masked_thought is not None or cot_removal is not None:
+            self.configure_maskthought(masked_thought, cot_removal)
+
+    # ---- configuration -------------------------------------------------------
+    def configure_maskthought(self, masked_thought, cot_removal) -> None:
+        """Switch the techniques on (validated config models, dicts of their fields, or None).
+
+        Raises ValueError when the training data has no ``cot_mask`` column but the
+        settings need it, or when the replacement token cannot be resolved.
+        """
+        if isinstance(masked_thought, dict):
+            masked_thought = MaskedThoughtConfig(**masked_thought)
+        if isinstance(cot_removal, dict):
+            cot_removal = CoTRemovalConfig(**cot_removal)
+        self.masked_thought, self.cot_removal = masked_thought, cot_removal
+        self._smoothing_probs = (
+            smoothing_distribution(cot_removal.smoothing_lambda)
+            if cot_removal is not None and math.isfinite(cot_removal.smoothing_lambda or math.inf)
+            else None  # null / .inf: no smoothing
+        )
+        needs_span = cot_removal is not None or (masked_thought is not None and masked_thought.scope == "reasoning")
+        columns = getattr(self.train_dataset, "column_names", None)
+        if needs_span and columns is not None and COT_MASK not in columns:
+            raise ValueError(
+                "the training data has no CoT span (`cot_mask` column): `cot_removal` and "
+                "`masked_thought.scope: reasoning` need rows tokenized by "
+                "axolotl_maskthought.strategies.{gsm8k,icot,chat_template} or formats.tokenize_cot"
+            )
+        if masked_thought is not None:
+            self._replacement_id = self._resolve_replacement_id(masked_thought)
+
+    def _resolve_replacement_id(self, config: MaskedThoughtConfig) -> int | None:
+        tokenizer = self.processing_class
+        if config.replacement == "random":
+            if tokenizer is None or not getattr(tokenizer, "vocab_size", None):
+                raise ValueError("`masked_thought.replacement: random` needs the tokenizer (`processing_class`) for its vocabulary size")
+            return None
+        if tokenizer is None:
+            raise ValueError(f"`masked_thought.replacement: {config.replacement}` needs the tokenizer (`processing_class`)")
+        if config.replacement == "pad":
+            if tokenizer.pad_token_id is None:
+                raise ValueError("`masked_thought.replacement: pad` but the tokenizer has no pad token; set `special_tokens.pad_token`")
+            return tokenizer.pad_token_id
+        token_id = tokenizer.convert_tokens_to_ids(config.mask_token)
+        if token_id is None or token_id == tokenizer.unk_token_id:
+            raise ValueError(f"`masked_thought.mask_token` {config.mask_token!r} is not in the tokenizer")
+        return token_id
+
+    @property
+    def maskthought_active(self) -> bool:
+        return self.masked_thought is not None or self.cot_removal is not None
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if self._signature_columns is not None and COT_MASK not in self._signature_columns:
+            self._signature_columns = list(self._signature_columns) + [COT_MASK]
+
+    # ---- schedule ---------------------------------------------------------------
+    def get_train_dataloader(self):
+        dataloader = super().get_train_dataloader()
+        try:
+            length = len(dataloader)
+        except TypeError:
+            if self.cot_removal is not None:
+                raise ValueError("`cot_removal` schedules by micro-batches per epoch: the training dataset must have a length") from None
+            return dataloader
+        batches = torch.tensor(length, device=self.args.device)
+        if _distributed():
+            # Every rank must follow the same schedule, even if packing estimates differ.
+            torch.distributed.all_reduce(batches, op=torch.distributed.ReduceOp.MIN)
+        self.micro_batches_per_epoch = int(batches.item())
+        return dataloader
+
+    def removal_count(self, optimizer_step: int) -> int:
+        """The removal count in force at ``optimizer_step`` (:data:`REMOVE_ALL` = whole CoT)."""
+        config = self.cot_removal
+        if optimizer_step < 0:
+            return 0
+        return optimizer_step_count(
+            optimizer_step,
+            self.args.gradient_accumulation_steps,
+            self.micro_batches_per_epoch,
+            config.tokens_per_epoch,
+            config.start_epoch,
+            config.remove_all_at,
+        )
+
+    def _begin_optimizer_step(self, step: int) -> None:
+        count = self.removal_count(step)
+        previous = self.removal_count(step - 1) if step > 0 else 0
+        if self.cot_removal.reset_optimizer and count > previous:
+            # The only host sync of a removal step, and only when the count grows.
+            all_removed = torch.as_tensor(self.all_cot_removed_last_batch, device=self.args.device).int()
+            if _distributed():
+                torch.distributed.all_reduce(all_removed, op=torch.distributed.ReduceOp.MIN)
+            if should_reset_optimizer(previous, count, bool(all_removed.item())) and self.optimizer is not None:
+                from ..ops.optimizer_reset import reset_optimizer_state
+
+                reset = reset_optimizer_state(self.optimizer)
+                LOG.info("step %d: CoT removal count %s -> %s, optimizer state reset (%d tensors' states)",
+                         step, show_count(previous), show_count(count), reset)
+                self.maskthought_metrics.add("cot_removal/optimizer_reset", 1.0, "max")
+        self.count_in_force = count
+        self.applied_counts[step] = count
+
+    # ---- per-step transforms --------------------------------------------------
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        if not self.maskthought_active:
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+        batch_samples = []
+        for _ in range(num_batches):
+            try:
+                batch_samples.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        step = self.state.global_step
+        if self.cot_removal is not None:
+            self._begin_optimizer_step(step)
+        for micro_step, batch in enumerate(batch_samples):
+            self._transform_training_batch(batch, step, micro_step)
+        # Counted after the transforms: the loss divisor sees the labels the model sees.
+        return batch_samples, self._get_num_items_in_batch(batch_samples, device)
+
+    def _transform_training_batch(self, batch, step: int, micro_step: int) -> None:
+        cot_mask = batch.pop(COT_MASK, None)
+        rank = self.args.process_index
+        if self.cot_removal is not None:
+            if cot_mask is None:
+                raise ValueError("`cot_removal` needs the `cot_mask` column; the batch has none")
+            first = first_micro_batch(step, self.args.gradient_accumulation_steps, self.micro_batches_per_epoch)
+            if in_full_cot_epochs(first, self.micro_batches_per_epoch, self.cot_removal.start_epoch):
+                self.all_cot_removed_last_batch = False
+            else:
+                generator = make_generator(step_seed(self.args.seed, rank, step, micro_step, "removal"), cot_mask.device)
+                cot_mask = self._remove_cot(batch, cot_mask, self._smoothing_probs, generator, training=True)
+        if self.masked_thought is not None:
+            self._mask(batch, cot_mask, step, micro_step, rank)
+
+    def _remove_cot(self, batch, cot_mask, smoothing_probs, generator, training: bool) -> torch.Tensor:
+        """Apply the count in force to ``batch`` in place; return the new ``cot_mask``."""
+        for key in FA_VARLEN_KEYS:
+            batch.pop(key, None)
+        result = remove_cot(
+            {**batch, COT_MASK: cot_mask},
+            cot_mask,
+            self.count_in_force,
+            self.cot_removal.side,
+            smoothing_probs=smoothing_probs,
+            generator=generator,
+            keep_position=self.cot_removal.keep_position,
+            pad_token_id=self._pad_id(),
+            padding_side=getattr(self.processing_class, "padding_side", "right"),
+        )
+        cot_mask = result.batch.pop(COT_MASK)
+        batch.clear()
+        batch.update(result.batch)
+        if training:
+            self.all_cot_removed_last_batch = result.all_cot_removed_flag()
+            stats = result.stat_tensors()
+            metrics = self.maskthought_metrics
+            metrics.add("cot_removal/scheduled", float(show_count(self.count_in_force)))
+            metrics.add("cot_removal/removed_tokens_mean", stats["removed_tokens_mean"])
+            metrics.add("cot_removal/no_cot_fraction", stats["no_cot_fraction"])
+        return cot_mask
+
+    def _mask(self, batch, cot_mask, step: int, micro_step: int, rank: int) -> None:
+        config = self.masked_thought
+        labels = batch["labels"]
+        eligible = labels != -100
+        if config.scope == "reasoning":
+            if cot_mask is None:
+                raise ValueError("`masked_thought.scope: reasoning` needs the `cot_mask` column; the batch has none")
+            eligible = eligible & (cot_mask != 0)
+        rate = mask_rate(step, self.state.max_steps, config.ratio, config.warmup)
+        generator = make_generator(step_seed(self.args.seed, rank, step, micro_step), labels.device)
+        masked, positions = mask_thought(
+            batch["input_ids"],
+            eligible,
+            rate,
+            config.replacement,
+            generator,
+            # The base vocabulary, as the official code draws: never an added token
+            # (pad, <mask>, chat-template markers, thinking tags).
+            vocab_size=self.processing_class.vocab_size,
+            replacement_id=self._replacement_id,
+        )
+        batch["input_ids"] = masked
+        self.maskthought_metrics.add("masked_thought/rate", rate)
+        self.maskthought_metrics.add("masked_thought/masked_fraction", positions.sum() / eligible.sum().clamp(min=1))
+
+    def _pad_id(self) -> int:
+        tokenizer = self.processing_class
+        for token_id in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None), 0):
+            if token_id is not None:
+                return token_id
+        return 0
+
+    def _transform_eval_inputs(self, inputs) -> None:
+        """Evaluation: the count in force, no smoothing, no masking (in place)."""
+        cot_mask = inputs.pop(COT_MASK, None)
+        if cot_mask is not None and self.cot_removal is not None:
+            self._remove_cot(inputs, cot_mask, None, None, training=False)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # Before transformers counts `num_items_in_batch` from these labels.
+        if self.maskthought_active:
+            self._transform_eval_inputs(inputs)
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if COT_MASK in inputs:
+            if model.training:
+                inputs.pop(COT_MASK)  # plugin off, or a batch that skipped get_batch_samples
+            else:
+                self._transform_eval_inputs(inputs)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def log(self, logs, *args, **kwargs):
+        if "loss" in logs:
+            logs.update(self.maskthought_metrics.pop())
+        return super().log(logs, *args, **kwargs)
+
+    # ---- checkpoint state ---------------------------------------------------------
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if resume_from_checkpoint is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        if isinstance(resume_from_checkpoint, str):
+            self._load_maskthought_state(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _load_maskthought_state(self, checkpoint: str) -> None:
+        path = os.path.join(checkpoint, STATE_FILE)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as handle:
+                state = json.load(handle)
+            self.all_cot_removed_last_batch = bool(state.get("all_cot_removed_last_batch", False))
+            self.count_in_force = int(state.get("count_in_force", 0))
+
+    def _save_checkpoint(self, model, trial, *args, **kwargs):
+        super()._save_checkpoint(model, trial, *args, **kwargs)
+        if self.cot_removal is None or not self.args.should_save:
+            return
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if os.path.isdir(folder):
+            with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as handle:
+                json.dump(
+                    {
+                        "count_in_force": self.count_in_force,
+                        "all_cot_removed_last_batch": bool(self.all_cot_removed_last_batch),
+                    },
+                    handle,
+                )
