@@ -176,11 +176,20 @@ def train_once(mode: str, model, tokenizer, rows, opts, device, probe: Probe) ->
     expected = (total - 1) // opts.removal_every if mode in ("cot_removal", "both") else 0
     record = {"mode": mode, **probe.record(mode), "expected_resets": expected}
     probe.trainer = trainer = None
-    gc.collect()  # the last run's optimizer state must not count in the next run's memory
-    # accelerate wraps `model.forward` in autocast at each prepare(): undo it, so runs do not stack wrappers
+    release(model)
+    return record
+
+
+def release(model) -> None:
+    """Between runs on the same model: free the last trainer, undo accelerate's forward wrapper.
+
+    accelerate wraps ``model.forward`` in autocast at each ``prepare()``; without this,
+    each run would stack one more wrapper, and the last optimizer state could count in
+    the next run's memory.
+    """
+    gc.collect()
     model.__dict__.pop("forward", None)
     model.__dict__.pop("_original_forward", None)
-    return record
 
 
 # ---- one-off checks ----------------------------------------------------------------------------
@@ -294,6 +303,7 @@ def main(argv=None) -> int:
 
     def all_rounds():
         make_trainer("off", model, tokenizer, rows, opts, device, None, opts.warmup_steps + 1).train()  # discarded
+        release(model)
         for round_index in range(opts.rounds):
             shift = round_index % len(MODES)
             for position, mode in enumerate(MODES[shift:] + MODES[:shift]):

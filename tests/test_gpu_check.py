@@ -5,13 +5,16 @@ check, LoRA) in which importing axolotl fails, as on a GPU machine that has only
 torch, transformers and peft; the tests read the JSON it writes.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("off", "masked_thought", "cot_removal", "both")
@@ -113,3 +116,36 @@ def test_markdown_summary_lists_modes_targets_and_checks(run):
         assert f"| {mode} |" in text
     assert "target masked_thought step_time <= 1.01" in text and "**n/a**" in text
     assert "check resets_as_scheduled: pass" in text
+
+
+def test_sync_warnings_are_counted_per_check_step_with_their_site():
+    """The CUDA sync counting plumbing, fed torch's warning text on the CPU: only the check
+    steps count, one bucket per optimizer step, every warning (no de-duplication), other
+    warnings pass through."""
+    spec = importlib.util.spec_from_file_location("gpu_probe", REPO / "bench" / "gpu_probe.py")
+    gpu_probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_probe)
+    sync = gpu_probe.SYNC_WARNING + " (Triggered internally at CUDAFunctions.cpp:1.)"
+    probe = gpu_probe.Probe(warmup=1, timed=1, check=2, device=torch.device("cpu"))
+    probe.begin(trainer=None)
+    with pytest.warns(UserWarning, match="unrelated"):
+        warnings.simplefilter("default")  # Python's own: once per line
+        with probe.warnings_counted():
+            run_steps(probe, sync)
+    assert [dict(bucket) for bucket in probe.syncs] == [{"other": 2}, {"other": 1}]
+    assert {site.split(":")[0] for site in probe.sync_sites} == {"test_gpu_check.py"}
+    assert sum(probe.sync_sites.values()) == 3 and not probe.checking
+
+
+def run_steps(probe, sync):
+    """Step ends 1..4 of a run with 1 warm-up, 1 timed and 2 check steps, warning in between."""
+    probe.step_end(1)  # warm-up over: the timed step
+    warnings.warn(sync)  # not a check step: not counted
+    probe.step_end(2)  # timed step over: check steps begin
+    for _ in range(2):
+        warnings.warn(sync)
+    warnings.warn("unrelated")
+    probe.step_end(3)
+    warnings.warn(sync)
+    probe.step_end(4)  # check steps over
+    warnings.warn(sync)
