@@ -62,12 +62,16 @@ from gpu_probe import Probe, callback, probed
 from gpu_report import MODES, markdown, summarise
 
 # ~1.03B parameters (20 layers of width 2048, 32 query / 8 key-value heads, untied 32k vocabulary);
-# 4 modes x 6 rounds x 37 steps of 8 x <= 512 tokens, sized for ~4 minutes on one H100/H200 (estimate).
-# The count of removed CoT tokens grows every `removal_every` steps (the epoch is sized for it).
+# 4 modes x 6 rounds x 37 steps of 8 x <= 512 tokens, sized for ~4 minutes on one H100/H200 (estimate);
+# rounds stop early when the next would pass `budget_seconds`. The count of removed CoT tokens grows
+# every `removal_every` steps (the epoch is sized for it): resets at steps 12 and 24 (timed) and 36 (checked).
 GPU = dict(vocab=32000, hidden=2048, intermediate=5632, layers=20, heads=32, kv_heads=8, seq_len=512, batch=8,
-           rounds=6, warmup_steps=5, timed_steps=30, check_steps=2, removal_every=10, lora_steps=20, workers=2)
+           rounds=6, warmup_steps=5, timed_steps=30, check_steps=2, removal_every=12, lora_steps=20, workers=2,
+           budget_seconds=420)
 SMOKE = dict(vocab=512, hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, seq_len=64, batch=4,
-             rounds=2, warmup_steps=1, timed_steps=3, check_steps=2, removal_every=2, lora_steps=4, workers=0)
+             rounds=2, warmup_steps=1, timed_steps=3, check_steps=2, removal_every=2, lora_steps=4, workers=0,
+             budget_seconds=0)
+RESERVE_SECONDS = 45  # after the rounds: sync self-test, reset check, LoRA, report
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -298,13 +302,22 @@ def main(argv=None) -> int:
     model = build_model(opts, device)
     parameters = sum(p.numel() for p in model.parameters())
     log(f"{parameters / 1e6:.1f}M-parameter Llama on {device}, {len(rows)} synthetic rows")
-    probe, runs, errors = Probe(opts.warmup_steps, opts.timed_steps, opts.check_steps, device), [], {}
+    probe, runs, errors, notes = Probe(opts.warmup_steps, opts.timed_steps, opts.check_steps, device), [], {}, []
     model.register_forward_pre_hook(probe.forward_hook, with_kwargs=True)
 
     def all_rounds():
         make_trainer("off", model, tokenizer, rows, opts, device, None, opts.warmup_steps + 1).train()  # discarded
         release(model)
+        rounds_started = time.perf_counter()
         for round_index in range(opts.rounds):
+            now = time.perf_counter()
+            per_round = (now - rounds_started) / round_index if round_index else 0.0
+            if round_index and opts.budget_seconds and (
+                    now - started + per_round + RESERVE_SECONDS > opts.budget_seconds):
+                notes.append(f"stopped after {round_index} of {opts.rounds} rounds: "
+                             f"the next would pass --budget-seconds {opts.budget_seconds}")
+                log(notes[-1])
+                break
             shift = round_index % len(MODES)
             for position, mode in enumerate(MODES[shift:] + MODES[:shift]):
                 run = train_once(mode, model, tokenizer, rows, opts, device, probe)
@@ -349,11 +362,11 @@ def main(argv=None) -> int:
         "sync_method": "torch.cuda.set_sync_debug_mode('warn') on the check steps; each warning counted for its "
                        "optimizer step and attributed to the innermost Python frame outside torch",
         "sync_selftest": selftest, "checks": checks, "all_checks_passed": all(checks.values()), "errors": errors,
-        "summary": summary, "reset_check": reset, "lora": lora, "runs": runs, "skipped": skipped,
+        "summary": summary, "reset_check": reset, "lora": lora, "runs": runs, "skipped": skipped, "notes": notes,
         "wall_seconds": time.perf_counter() - started,
     }
     (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
-    text = markdown(report)
+    text = guarded(errors, "markdown", markdown, report) or f"markdown failed: {errors.get('markdown')}"
     (out / "gpu_check.md").write_text(text)
     print(text, flush=True)
     return 0 if report["all_checks_passed"] else 1

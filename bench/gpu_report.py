@@ -26,7 +26,8 @@ def summarise(runs: list[dict], opts, device_type: str) -> dict:
     rounds = collections.defaultdict(dict)
     for run in runs:
         rounds[run["round"]][run["mode"]] = run
-    ratios = {mode: {metric: spread(r[mode][key] / r["off"][key] for r in rounds.values() if r["off"][key])
+    ratios = {mode: {metric: spread(r[mode][key] / r["off"][key] for r in rounds.values()
+                                    if mode in r and "off" in r and r["off"][key] and r[mode][key] is not None)
                      for metric, key in (("step_time", "step_seconds"), ("peak_memory", "peak_bytes"))}
               for mode in MODES[1:]}
     modes = {}
@@ -44,7 +45,7 @@ def summarise(runs: list[dict], opts, device_type: str) -> dict:
             "syncs_per_step": spread(sum(step.values()) for step in steps),
             "plugin_syncs_per_step": spread(step.get(PACKAGE, 0) for step in steps),
             "sync_sites_per_step": {site: n / len(steps) for site, n in sites.most_common(12)} if steps else None,
-            "plugin_host_reads_per_step": sum(reads.values()) / check_steps,
+            "plugin_host_reads_per_step": sum(reads.values()) / max(1, check_steps),
             "plugin_host_read_sites": dict(reads.most_common(12)),
             "plugin_ops_with_host_outputs": sorted({k for run in mine for k in run["host_outputs"]}),
             "transform_ops_per_step": spread(run["transform_ops_per_step"] for run in mine),
@@ -56,17 +57,20 @@ def summarise(runs: list[dict], opts, device_type: str) -> dict:
         }
     on_device = all(d.startswith(device_type) for m in modes.values() for d in m["forward_devices"] + m["batch_devices"])
     expected_fraction = opts.ratio * (1 - 1 / opts.vocab)
+    def field(mode, key, name):
+        return modes[mode][key][name] if modes[mode][key] else None
+
+    fraction = field("masked_thought", "masked_fraction", "median")
     checks = {
         "inputs_and_batches_on_training_device": on_device
         and all(m["forward_devices"] and m["batch_devices"] for m in modes.values()),
         "no_plugin_op_with_host_outputs": not any(m["plugin_ops_with_host_outputs"] for m in modes.values()),
-        "transforms_recorded_in_plugin_modes_only": modes["off"]["transform_ops_per_step"]["median"] == 0
-        and all(modes[m]["transform_ops_per_step"]["min"] > 0 for m in MODES[1:]),
-        "masked_fraction_near_ratio": abs(modes["masked_thought"]["masked_fraction"]["median"] - expected_fraction)
-        <= 0.25 * opts.ratio,
-        "tokens_removed_in_removal_modes": all(modes[m]["removed_tokens_per_row"]["min"] > 0 for m in ("cot_removal", "both"))
-        and modes["off"]["removed_tokens_per_row"]["max"] == 0,
-        "resets_as_scheduled": all(m["resets"] == m["expected_resets"] for m in modes.values()),
+        "transforms_recorded_in_plugin_modes_only": field("off", "transform_ops_per_step", "max") == 0
+        and all((field(m, "transform_ops_per_step", "min") or 0) > 0 for m in MODES[1:]),
+        "masked_fraction_near_ratio": fraction is not None and abs(fraction - expected_fraction) <= 0.25 * opts.ratio,
+        "tokens_removed_in_removal_modes": field("off", "removed_tokens_per_row", "max") == 0
+        and all((field(m, "removed_tokens_per_row", "min") or 0) > 0 for m in ("cot_removal", "both")),
+        "resets_as_scheduled": all(m["resets"] and m["resets"] == m["expected_resets"] for m in modes.values()),
     }
     targets = []
     for mode, metric, limit in TARGETS:
@@ -89,7 +93,8 @@ def markdown(report: dict) -> str:
     lines = [f"# GPU check: {env['device_name']}", "",
              f"torch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}, Python {env['python']}; "
              f"{model['parameters'] / 1e6:.1f}M-parameter Llama, {model['dtype']}, {model['attention']} attention; "
-             f"batch {opts['batch']} x up to {opts['seq_len']} tokens; {opts['rounds']} rounds (mode order rotated), "
+             f"batch {opts['batch']} x up to {opts['seq_len']} tokens; "
+             f"{len({run['round'] for run in report['runs']})} of {opts['rounds']} rounds (mode order rotated), "
              f"{opts['warmup_steps']} warm-up + {opts['timed_steps']} timed + {opts['check_steps']} check steps per run; "
              f"baseline: {report['baseline']}. Total {report['wall_seconds']:.0f} s.", ""]
     modes = summary.get("modes", {})
@@ -113,5 +118,5 @@ def markdown(report: dict) -> str:
         sites = m["sync_sites_per_step"] or m["plugin_host_read_sites"]
         lines.append(f"- sites, {mode}: " + (", ".join(f"`{k}` {v:g}" for k, v in sites.items()) or "none"))
     lines += [f"- reset check: `{json.dumps(report['reset_check'])}`", f"- LoRA: `{json.dumps(report['lora'])}`"]
-    lines += [f"- skipped: {s}" for s in report["skipped"]] + [f"- ERROR in {k}: see the JSON" for k in report["errors"]]
+    lines += [f"- note: {s}" for s in report["notes"]] + [f"- skipped: {s}" for s in report["skipped"]] + [f"- ERROR in {k}: see the JSON" for k in report["errors"]]
     return "\n".join(lines) + "\n"

@@ -5,13 +5,14 @@ check, LoRA) in which importing axolotl fails, as on a GPU machine that has only
 torch, transformers and peft; the tests read the JSON it writes.
 """
 
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -118,13 +119,32 @@ def test_markdown_summary_lists_modes_targets_and_checks(run):
     assert "check resets_as_scheduled: pass" in text
 
 
-def test_sync_warnings_are_counted_per_check_step_with_their_site():
+def load_bench(name, monkeypatch):
+    """A module of bench/ (they import each other by name, as scripts there do)."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    return importlib.import_module(name)
+
+
+def test_a_run_cut_short_still_gives_a_summary_with_failed_checks(report, monkeypatch):
+    """The GPU run is one shot: if it dies mid-round, what it measured must still be summarised."""
+    gpu_report = load_bench("gpu_report", monkeypatch)
+    opts = SimpleNamespace(**report["settings"])
+    partial = [run for run in report["runs"] if run["round"] == 0][:2]  # off and masked_thought only
+    summary = gpu_report.summarise(partial, opts, "cpu")
+    assert summary["ratios_vs_off"]["masked_thought"]["step_time"]["n"] == 1
+    assert summary["ratios_vs_off"]["both"]["step_time"] is None
+    assert summary["checks"]["masked_fraction_near_ratio"] is True
+    assert summary["checks"]["tokens_removed_in_removal_modes"] is False
+    assert summary["checks"]["resets_as_scheduled"] is False
+    text = gpu_report.markdown({**report, "runs": partial, "summary": summary})
+    assert "| both | n/a |" in text
+
+
+def test_sync_warnings_are_counted_per_check_step_with_their_site(monkeypatch):
     """The CUDA sync counting plumbing, fed torch's warning text on the CPU: only the check
     steps count, one bucket per optimizer step, every warning (no de-duplication), other
     warnings pass through."""
-    spec = importlib.util.spec_from_file_location("gpu_probe", REPO / "bench" / "gpu_probe.py")
-    gpu_probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_probe)
+    gpu_probe = load_bench("gpu_probe", monkeypatch)
     sync = gpu_probe.SYNC_WARNING + " (Triggered internally at CUDAFunctions.cpp:1.)"
     probe = gpu_probe.Probe(warmup=1, timed=1, check=2, device=torch.device("cpu"))
     probe.begin(trainer=None)
