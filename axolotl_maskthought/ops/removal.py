@@ -21,11 +21,29 @@ SIDES = ("left", "right")
 
 @dataclass
 class RemovalResult:
-    """The re-packed batch and what was removed, per example (packed segment)."""
+    """The re-packed batch and what was removed, per example (packed segment).
+
+    ``removed_per_segment`` and ``cot_left_per_segment`` are (S,) long tensors over
+    the batch's segments; ``is_example`` (S,) bool marks those that are examples
+    (not the padding tail of a packed row). The ``*_per_example`` properties select
+    the examples, which waits for the device; :meth:`stat_tensors` and
+    :meth:`all_cot_removed_flag` do not.
+    """
 
     batch: dict[str, torch.Tensor]
-    removed_per_example: torch.Tensor  # (E,) long
-    cot_left_per_example: torch.Tensor  # (E,) long
+    removed_per_segment: torch.Tensor
+    cot_left_per_segment: torch.Tensor
+    is_example: torch.Tensor
+
+    @property
+    def removed_per_example(self) -> torch.Tensor:
+        """(E,) long: CoT tokens removed from each example."""
+        return self.removed_per_segment[self.is_example]
+
+    @property
+    def cot_left_per_example(self) -> torch.Tensor:
+        """(E,) long: CoT tokens each example kept."""
+        return self.cot_left_per_segment[self.is_example]
 
     @property
     def all_cot_removed(self) -> bool:
@@ -34,18 +52,17 @@ class RemovalResult:
 
     def all_cot_removed_flag(self) -> torch.Tensor:
         """0-d bool tensor on the batch's device: no example kept any CoT token."""
-        return (self.cot_left_per_example == 0).all()
+        return ((self.cot_left_per_segment == 0) | ~self.is_example).all()
 
     def stat_tensors(self) -> dict[str, torch.Tensor]:
-        """``removed_tokens_mean`` and ``no_cot_fraction`` as 0-d float tensors, no host sync.
-
-        With no example in the batch: 0 removed and a no-CoT fraction of 1.
-        """
-        removed = self.removed_per_example.float()
-        no_cot = (self.cot_left_per_example == 0).float()
-        if removed.numel() == 0:
-            return {"removed_tokens_mean": removed.new_zeros(()), "no_cot_fraction": removed.new_ones(())}
-        return {"removed_tokens_mean": removed.mean(), "no_cot_fraction": no_cot.mean()}
+        """``removed_tokens_mean`` and ``no_cot_fraction`` over the examples, as 0-d float
+        tensors computed without a host sync. With no example: 0 removed, fraction 1."""
+        weight = self.is_example.float()
+        examples = weight.sum()
+        empty = examples == 0
+        removed = (self.removed_per_segment.float() * weight).sum() / examples.clamp(min=1)
+        no_cot = ((self.cot_left_per_segment == 0).float() * weight).sum() / examples.clamp(min=1)
+        return {"removed_tokens_mean": removed, "no_cot_fraction": torch.where(empty, torch.ones_like(no_cot), no_cot)}
 
     def stats(self) -> dict[str, float]:
         """:meth:`stat_tensors` as Python floats."""
@@ -91,6 +108,8 @@ def remove_cot(
     """
     if side not in SIDES:
         raise ValueError(f"`side` must be one of {SIDES}, got {side!r}")
+    # Two host syncs, both needed: the number of examples (one smoothing offset is drawn
+    # per example, in batch order) and the width of the re-packed rows.
     input_ids = batch["input_ids"]
     device = input_ids.device
     rows, width = input_ids.shape
@@ -99,16 +118,18 @@ def remove_cot(
     real = attention_mask != 0 if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
 
     starts = segment_starts(input_ids.shape, position_ids, device)
-    flat_starts = starts.flatten()
-    segment = flat_starts.long().cumsum(0) - 1  # (B*T,) global example index
+    segment = starts.flatten().long().cumsum(0) - 1  # (B*T,) global example index
     num_segments = int(segment[-1].item()) + 1
-    first_index = flat_starts.nonzero().squeeze(1)  # (E,)
 
     cot = (cot_mask.flatten() != 0) & real.flatten()
     cot_long = cot.long()
     cot_len = torch.zeros(num_segments, dtype=torch.long, device=device).scatter_add_(0, segment, cot_long)
     running = cot_long.cumsum(0)
-    before_segment = running[first_index] - cot_long[first_index]
+    # CoT tokens before each segment: the running count just before its first token,
+    # which is the smallest `running - cot_long` inside the segment (running only grows).
+    before_segment = torch.full((num_segments,), running.numel(), dtype=torch.long, device=device).scatter_reduce_(
+        0, segment, running - cot_long, reduce="amin"
+    )
     rank = running - 1 - before_segment[segment]  # rank of a CoT token inside its example
 
     to_remove = torch.full((num_segments,), int(scheduled), dtype=torch.long, device=device)
@@ -126,13 +147,11 @@ def remove_cot(
     target = keep.long().cumsum(1) - 1  # column in the compacted row
     if padding_side == "left":
         target = target + (new_width - new_lengths).unsqueeze(1)
-    row_index = torch.arange(rows, device=device).unsqueeze(1).expand(rows, width)
-    src_rows, dst_cols = row_index[keep], target[keep]
+    target = torch.where(keep, target, new_width)  # dropped tokens land in a spare column
 
     def compact(values: torch.Tensor, fill: int) -> torch.Tensor:
-        out = torch.full((rows, new_width), fill, dtype=values.dtype, device=device)
-        out[src_rows, dst_cols] = values[keep]
-        return out
+        out = torch.full((rows, new_width + 1), fill, dtype=values.dtype, device=device)
+        return out.scatter_(1, target, values)[:, :new_width]
 
     pad_positions = torch.arange(new_width, device=device).unsqueeze(0) - (
         new_lengths.unsqueeze(1) if padding_side == "right" else 0
@@ -152,15 +171,14 @@ def remove_cot(
         original = position_ids if position_ids is not None else torch.arange(width, device=device).expand(rows, width)
         positions = compact(original, 0)
     elif position_ids is not None:
-        positions = compact(torch.zeros_like(position_ids), 0)
         new_segment = compact(segment.view(rows, width), -1).flatten()
         column = torch.arange(new_width, device=device).repeat(rows)
         valid = new_segment >= 0
-        segment_first_column = torch.full((num_segments,), new_width, dtype=torch.long, device=device)
-        segment_first_column.scatter_reduce_(0, new_segment[valid], column[valid], reduce="amin")
-        rebuilt = torch.zeros(rows * new_width, dtype=positions.dtype, device=device)
-        rebuilt[valid] = (column[valid] - segment_first_column[new_segment[valid]]).to(positions.dtype)
-        positions = rebuilt.view(rows, new_width)
+        # First column of each segment in the compacted rows (padding goes to a spare slot).
+        segment_first_column = torch.full((num_segments + 1,), new_width, dtype=torch.long, device=device)
+        segment_first_column.scatter_reduce_(0, torch.where(valid, new_segment, num_segments), column, reduce="amin")
+        rebuilt = torch.where(valid, column - segment_first_column[new_segment.clamp(min=0)], 0)
+        positions = rebuilt.to(position_ids.dtype).view(rows, new_width)
     else:
         positions = None
     if positions is not None:
@@ -172,12 +190,12 @@ def remove_cot(
         # Packed rows without a mask (axolotl drops it for sdpa/eager packing): the padding
         # tail is a segment of its own, with no trained label and no CoT; not an example.
         examples = examples & ((batch["labels"].flatten() != -100) | cot)
-    real_segments = torch.zeros(num_segments, dtype=torch.long, device=device).scatter_add_(
+    is_example = torch.zeros(num_segments, dtype=torch.long, device=device).scatter_add_(
         0, segment, examples.long()
     ) > 0
-    removed_count = to_remove[real_segments]
     return RemovalResult(
         batch=out,
-        removed_per_example=removed_count,
-        cot_left_per_example=(cot_len - to_remove)[real_segments],
+        removed_per_segment=to_remove,
+        cot_left_per_segment=cot_len - to_remove,
+        is_example=is_example,
     )
