@@ -49,6 +49,15 @@ GRIDS = {
         dict(name="nocot", no_cot=True),
         dict(name="nocot-4l", no_cot=True, layers=4),
     ],
+    # Second GPU round: faster removal (the first round reached 9-19 of 24 tokens in 150 s).
+    "gpu2": [
+        dict(steps_per_token=150, name="si-150"), dict(steps_per_token=150, name="si-150-s1", seed=1), dict(name="si-100", steps_per_token=100),
+        dict(name="si-60", steps_per_token=60), dict(steps_per_token=150, name="si-150-keep", keep_position=True),
+        dict(steps_per_token=150, name="si-150-noreset", reset=False), dict(steps_per_token=150, name="si-150-lr1e-3", lr=1e-3),
+        dict(steps_per_token=150, name="si-150-llama", arch="llama"), dict(steps_per_token=150, name="si-150-4l", layers=4),
+        dict(steps_per_token=150, name="si-150-nosmooth", smoothing=None), dict(steps_per_token=150, name="nocot", no_cot=True),
+        dict(steps_per_token=150, name="nocot-s1", no_cot=True, seed=1),
+    ],
 }
 
 
