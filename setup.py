@@ -20,6 +20,7 @@ setup(
         "torch>=2.6",
         "pydantic>=2",
         "pyyaml",
+        "matplotlib",  # `schedule --plot`, the quickstart's and the benchmarks' plots
     ],
     extras_require={
         "tests": ["pytest>=8", "matplotlib"],
