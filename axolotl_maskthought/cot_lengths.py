@@ -39,8 +39,9 @@ def cot_lengths(cot_masks: Iterable[Sequence[int]]) -> list[int]:
 def dataset_cot_lengths(dataset) -> list[int]:
     """CoT tokens per row of a tokenized ``datasets.Dataset`` with a ``cot_mask`` column.
 
-    Read through Arrow (offsets and a cumulative sum) when the dataset offers it,
-    so that hundreds of thousands of rows take well under a second.
+    Read through Arrow (offsets and a cumulative sum) when the dataset offers it:
+    about 3x faster than the column as Python lists (150k rows: 3.8 s against 9.9 s
+    on a busy 2-core machine). Other sized datasets are read row by row.
     """
     try:
         import numpy as np
@@ -50,12 +51,13 @@ def dataset_cot_lengths(dataset) -> list[int]:
         if isinstance(column, pa.Table):
             column = column.column(0)
         array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        values = np.asarray(array.flatten().to_numpy(zero_copy_only=False) != 0, dtype=np.int64)
+        # `.values` is the whole child array and `.offsets` index into it, also for a slice
+        values = np.asarray(array.values.to_numpy(zero_copy_only=False) != 0, dtype=np.int64)
         offsets = np.asarray(array.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
         totals = np.concatenate([[0], np.cumsum(values)])
         return (totals[offsets[1:]] - totals[offsets[:-1]]).tolist()
-    except (AttributeError, ImportError, KeyError, TypeError, ValueError):
-        return cot_lengths(dataset["cot_mask"])
+    except (AttributeError, ImportError):  # not an Arrow-backed datasets.Dataset
+        return cot_lengths(row["cot_mask"] for row in dataset)
 
 
 @dataclass(frozen=True)

@@ -175,6 +175,19 @@ def test_dataset_lengths_follow_row_selection():
     assert dataset_cot_lengths(dataset) == cot_lengths(masks) == [rng % 7 + 1 for rng in range(40)]
     picked = dataset.shuffle(seed=0).select(range(5, 25))  # an indices mapping over the table
     assert dataset_cot_lengths(picked) == cot_lengths(picked["cot_mask"])
+    sliced = dataset.select(range(7, 30))  # a contiguous slice of the table
+    assert dataset_cot_lengths(sliced) == cot_lengths(sliced["cot_mask"]) == [rng % 7 + 1 for rng in range(7, 30)]
+    assert dataset_cot_lengths(sliced.to_list()) == cot_lengths(sliced["cot_mask"])  # rows as dicts
+
+
+def test_arrow_lengths_of_a_sliced_list_array():
+    import pyarrow as pa
+
+    class ArrowColumn:  # what `with_format("arrow")` can hand back: a slice of a longer list array
+        def with_format(self, kind):
+            return {"cot_mask": pa.chunked_array([pa.array([[1], [1, 1, 0], [1, 1, 1], [0]]).slice(1)])}
+
+    assert dataset_cot_lengths(ArrowColumn()) == [2, 3, 0]
 
 
 # ---- `schedule` on the case ---------------------------------------------------------------
