@@ -1,6 +1,6 @@
 """Does the CoT removal schedule reach the CoTs of the training data?
 
-Stepwise Internalization (Deng et al., arXiv 2405.14838, Sec. 3) ends with a
+Stepwise Internalization (Deng et al., arXiv 2405.14838) ends with a
 model that answers without CoT only if, by the end of training, the scheduled
 count of removed tokens has reached the CoT length of the examples. A schedule
 that falls short trains on CoT until the last step, and ``eval --no-cot`` then
