@@ -20,6 +20,7 @@ setup(
         "torch>=2.6",
         "pydantic>=2",
         "pyyaml",
+        "matplotlib",  # plots are part of the product: `schedule --plot`, the quickstart
     ],
     extras_require={
         "tests": ["pytest>=8", "matplotlib"],

@@ -24,8 +24,10 @@ from typing import Sequence
 from .formats import CoTExample, gsm8k_prompt_ids, icot_prompt_ids
 from .scoring import (
     check_format,
+    has_answer,
     infer_format,
     load_examples,
+    no_answer_note,
     read_generations,
     score_generation,
     score_generations,
@@ -339,7 +341,8 @@ def evaluate_model(model, tokenizer, examples: Sequence[CoTExample], fmt: str, t
     ``model``: a transformers causal LM (any mode, any device; restored after) or a
     ``vllm.LLM`` (then ``lora_request`` may name an adapter). ``template``: the
     gsm8k prompt template (default Alpaca). Returns ``accuracy``, ``correct``,
-    ``n``, ``seconds``, ``examples_per_second`` (generation only) and
+    ``n``, ``wrong``, ``no_answer`` (generations with no answer to read, counted
+    apart from wrong ones), ``seconds``, ``examples_per_second`` (generation only) and
     ``predictions``: per example ``prompt`` (decoded, special tokens shown),
     ``generation`` (decoded without special tokens; what is scored), ``extracted``,
     ``gold``, ``correct`` and ``finished`` (False when max_new_tokens cut it off).
@@ -369,7 +372,8 @@ def evaluate_model(model, tokenizer, examples: Sequence[CoTExample], fmt: str, t
             "correct": correct,
             "finished": finished,
         })
-    summary = summarize([row["correct"] for row in predictions], seconds)
+    answered = [has_answer(row["extracted"], fmt) for row in predictions]
+    summary = summarize([row["correct"] for row in predictions], answered, seconds)
     return {**summary, "predictions": predictions}
 
 
@@ -476,6 +480,9 @@ def run_eval(args) -> int:
     }
     print(f"{args.data}: {summary_line(summary)} [{fmt}, {'no CoT' if args.no_cot else 'CoT'}, {args.backend}, "
           f"batch {args.batch_size}]")
+    note = no_answer_note(predictions, fmt, args.no_cot)
+    if note:
+        print(note)
     if args.output:
         print(f"wrote {write_results(args.output, predictions, summary)}/{{predictions.jsonl,summary.json}}")
     return 0
@@ -494,6 +501,9 @@ def run_score(args) -> int:
     rows, summary = score_generations(examples, generations, fmt, args.no_cot)
     summary.update(data=str(args.data), predictions=str(args.predictions), format=fmt, no_cot=args.no_cot)
     print(f"{args.data}: {summary_line(summary)} [{fmt}, {'no CoT' if args.no_cot else 'CoT'}]")
+    note = no_answer_note(rows, fmt, args.no_cot)
+    if note:
+        print(note)
     if args.output:
         print(f"wrote {write_results(args.output, rows, summary)}/{{predictions.jsonl,summary.json}}")
     return 0

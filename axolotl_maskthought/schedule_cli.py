@@ -1,10 +1,13 @@
 """``axolotl-maskthought schedule CONFIG.yml``: what a config will do, step by step.
 
-No model, no tokenizer: the run's length is derived from the config and the
+No model is loaded: the run's length is derived from the config and the
 number of training rows, then the trainer's own functions give, per optimizer
 step, the Masked Thought rate (``masking.mask_rate``) and the CoT tokens
 scheduled for removal (``schedule.optimizer_step_count``). Printed as a table,
-optionally plotted.
+optionally plotted. With ``cot_removal``, the training files are tokenized with
+the config's tokenizer and the dataset strategies, and the CoT lengths are set
+against the count at the last step (:mod:`axolotl_maskthought.cot_lengths`): a
+schedule that ends with CoT left is reported with settings that fix it.
 
 How the run's length is derived (axolotl 0.19 / transformers, no packing):
 rows minus the ``val_set_size`` split; micro-batches per epoch and rank =
@@ -242,6 +245,114 @@ def plan_schedule(config: dict, dataset_size: int | None = None, world_size: int
     return SchedulePlan(shape, rows, masked, removal)
 
 
+# ---- CoT lengths of the training data ----------------------------------------------------------------
+COT_SAMPLE_ROWS = 20_000  # more rows are sampled: tokenizing costs ~0.3 ms a row
+
+
+@dataclass
+class TrainingCoTLengths:
+    """CoT tokens per tokenized training row (None when they cannot be computed, ``note`` says why)."""
+
+    lengths: list[int] | None
+    note: str
+
+
+def _tokenizer(config: dict):
+    from transformers import AutoTokenizer
+
+    source = config.get("tokenizer_config") or config.get("base_model")
+    if not source:
+        raise OSError("the config has no `base_model` or `tokenizer_config`")
+    tokenizer = AutoTokenizer.from_pretrained(str(source), trust_remote_code=bool(config.get("trust_remote_code")))
+    # what axolotl's load_tokenizer adds from the YAML
+    special = {key: value for key, value in (config.get("special_tokens") or {}).items() if value}
+    if special:
+        tokenizer.add_special_tokens(special)
+    if config.get("tokens"):
+        tokenizer.add_tokens(list(config["tokens"]))
+    return tokenizer, str(source)
+
+
+def training_cot_lengths(config: dict, sample_rows: int | None = COT_SAMPLE_ROWS, seed: int = 0) -> TrainingCoTLengths:
+    """CoT lengths of the ``datasets:`` files, tokenized as training tokenizes them.
+
+    Each entry must be a local file with a type of this package's strategies; its
+    rows are tokenized by that strategy with the config's tokenizer
+    (``tokenizer_config`` or ``base_model``, plus ``special_tokens`` and ``tokens``).
+    Rows longer than ``sequence_len`` are left out as axolotl drops them (or cut,
+    with ``excess_length_strategy: truncate``). Above ``sample_rows`` rows a seeded
+    random sample is tokenized (None or 0: all). A bad row raises the strategy's
+    error naming the file and row.
+    """
+    import importlib
+    import random
+
+    from .adapters.axolotl.validation import STRATEGY_PREFIX
+    from .strategies.base import local_file, read_rows
+
+    entries = config.get("datasets") or []
+    for index, entry in enumerate(entries):
+        ds_type = str(entry.get("type", "")) if isinstance(entry, dict) else ""
+        if not ds_type.startswith(STRATEGY_PREFIX):
+            return TrainingCoTLengths(None, f"`datasets[{index}]` ({ds_type or 'no type'}) is not one of this "
+                                            "package's strategies")
+        if local_file(entry) is None:
+            return TrainingCoTLengths(None, f"`datasets[{index}]` is not a local file")
+    try:
+        tokenizer, source = _tokenizer(config)
+    except (OSError, ValueError) as err:
+        return TrainingCoTLengths(None, f"the tokenizer could not be loaded ({str(err).splitlines()[0]})")
+    sequence_len = config.get("sequence_len")
+    truncate = str(config.get("excess_length_strategy") or "drop").lower() == "truncate"
+    rows = []
+    for entry in entries:
+        try:
+            strategy = importlib.import_module(str(entry["type"])).load(tokenizer, config, entry)
+        except ValueError as err:
+            raise _error(str(err)) from None
+        keep = strategy.filter_rows or (lambda row: True)
+        rows += [(strategy, row) for _, row in read_rows(local_file(entry)) if keep(row)]
+    total = len(rows)
+    if sample_rows and total > sample_rows:
+        rows = random.Random(seed).sample(rows, sample_rows)
+    lengths, too_long = [], 0
+    for strategy, row in rows:
+        example = strategy.tokenize_prompt(row)
+        cot_mask = example["cot_mask"]
+        if sequence_len and len(example["input_ids"]) > sequence_len:
+            too_long += 1
+            if not truncate:
+                continue
+            cot_mask = cot_mask[:sequence_len]
+        lengths.append(sum(1 for flag in cot_mask if flag))
+    scope = f"all {total} rows" if len(rows) == total else f"a random sample of {len(rows)} of {total} rows (--cot-rows)"
+    note = f"tokenized {scope} with the tokenizer of {source}"
+    if too_long:
+        note += (f"; {too_long} longer than sequence_len {sequence_len} "
+                 + ("truncated" if truncate else "left out, as axolotl drops them"))
+    return TrainingCoTLengths(lengths, note)
+
+
+def cot_report(plan: SchedulePlan, config: dict, lengths: list[int], dataset_size: int | None = None,
+               micro_batches_per_epoch: int | None = None):
+    """:func:`~axolotl_maskthought.cot_lengths.cot_left_report` for the planned run."""
+    from .cot_lengths import cot_left_report
+
+    shape = plan.shape
+
+    def steps_for_epochs(epochs: int) -> int:
+        return run_shape({**config, "num_epochs": epochs, "max_steps": None}, dataset_size, shape.world_size,
+                         micro_batches_per_epoch).max_steps
+
+    uses_max_steps = bool(config.get("max_steps"))
+    return cot_left_report(
+        lengths, plan.cot_removal, shape.max_steps, shape.gradient_accumulation_steps, shape.micro_batches_per_epoch,
+        length_setting="max_steps" if uses_max_steps else "num_epochs",
+        num_epochs=None if uses_max_steps else float(config.get("num_epochs") or 1),
+        steps_for_epochs=steps_for_epochs,
+    )
+
+
 # ---- output ------------------------------------------------------------------------------------------
 def show_count(count: int | None) -> str:
     from .ops.schedule import REMOVE_ALL
@@ -345,7 +456,10 @@ def describe(plan: SchedulePlan, config_path: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def plot_schedule(plan: SchedulePlan, path: str | Path, title: str | None = None) -> Path:
+def plot_schedule(plan: SchedulePlan, path: str | Path, title: str | None = None,
+                  longest_cot: int | None = None) -> Path:
+    """The mask rate and removal count per optimizer step as a PNG; ``longest_cot``
+    (tokens) draws the count the schedule must reach to leave no CoT."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -367,9 +481,13 @@ def plot_schedule(plan: SchedulePlan, path: str | Path, title: str | None = None
             counts = [top if row.removal_count == REMOVE_ALL else row.removal_count for row in plan.rows]
             axis.plot(steps, counts, drawstyle="steps-post", color="tab:red")
             axis.set_ylabel("CoT tokens removed\n(scheduled)")
+            if longest_cot:
+                axis.axhline(longest_cot, color="black", linestyle="--", linewidth=0.8)
+                axis.annotate(f"longest CoT ({longest_cot})", (0, longest_cot), textcoords="offset points",
+                              xytext=(4, -12))
             if top in counts:
                 axis.axhline(top, color="tab:red", linestyle=":", linewidth=0.8)
-                axis.set_ylim(-0.05 * top, top * 1.15)
+                axis.set_ylim(-0.05 * top, max(top, longest_cot or 0) * 1.15)
                 axis.annotate("whole CoT", (steps[counts.index(top)], top), textcoords="offset points", xytext=(4, 4))
         for epoch_start in range(plan.shape.optimizer_steps_per_epoch, len(steps), plan.shape.optimizer_steps_per_epoch):
             axis.axvline(epoch_start, color="grey", linewidth=0.5, alpha=0.5)
@@ -391,12 +509,26 @@ def command(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise _error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.cot_rows < 0:
+        raise _error(f"--cot-rows must be 0 (all) or more, got {args.cot_rows}")
     plan = plan_schedule(config, args.dataset_size, micro_batches_per_epoch=args.micro_batches_per_epoch)
     print(describe(plan, args.config))
     print()
     print(format_table(plan))
+    report = None
+    if plan.cot_removal is not None:
+        found = training_cot_lengths(config, args.cot_rows)
+        print()
+        if found.lengths is None:
+            print(f"CoT lengths: not computed: {found.note}; whether the schedule reaches the end of "
+                  "the CoTs is not checked")
+        else:
+            report = cot_report(plan, config, found.lengths, args.dataset_size, args.micro_batches_per_epoch)
+            print(f"CoT lengths: {found.note}")
+            print("\n".join(report.lines()))
     if args.plot:
-        print(f"\nplot: {plot_schedule(plan, args.plot, title=Path(args.config).name)}")
+        longest = report.lengths.maximum if report is not None else None
+        print(f"\nplot: {plot_schedule(plan, args.plot, title=Path(args.config).name, longest_cot=longest)}")
     return 0
 
 
@@ -413,4 +545,7 @@ def register(subparsers) -> None:
                         help="training rows before the validation split (default: count the local dataset files)")
     parser.add_argument("--micro-batches-per-epoch", type=int, metavar="N",
                         help="override the derived count (per rank), e.g. the real value of a packed run")
+    parser.add_argument("--cot-rows", type=int, default=COT_SAMPLE_ROWS, metavar="N",
+                        help="CoT lengths from at most N training rows, a seeded random sample "
+                        f"(default {COT_SAMPLE_ROWS}; 0 = all)")
     parser.set_defaults(func=command)

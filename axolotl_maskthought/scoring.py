@@ -79,6 +79,16 @@ def extract_answer(generation: str, fmt: str, no_cot: bool = False) -> str | Non
     return extract_gsm8k_answer(text) if fmt == "gsm8k" else extract_icot_answer(text)
 
 
+def has_answer(extracted: str | None, fmt: str) -> bool:
+    """Whether an answer could be read at all: gsm8k, a number after ``#### ``; icot,
+    some text after ``####``. False is a format failure, not a wrong answer."""
+    if extracted is None:
+        return False
+    if check_format(fmt) == "icot":
+        return extracted != ""
+    return _number(extracted) is not None
+
+
 def normalize_gold(gold: str) -> str:
     return gold.strip().replace(",", "")
 
@@ -172,14 +182,21 @@ def read_generations(path: str | Path, field: str = "generation") -> list[str]:
     return generations
 
 
-def summarize(correct: Sequence[bool], seconds: float | None = None) -> dict:
-    """accuracy, correct, n and (when timed) seconds and examples_per_second."""
+def summarize(correct: Sequence[bool], answered: Sequence[bool], seconds: float | None = None) -> dict:
+    """accuracy, correct, n, ``wrong`` (an answer, not the gold one), ``no_answer``
+    (nothing to extract: see :func:`has_answer`) and, when timed, seconds and
+    examples_per_second. ``correct`` and ``answered`` hold one flag per example."""
+    if len(correct) != len(answered):
+        raise ValueError(f"{len(correct)} correct flags for {len(answered)} answered flags")
     n = len(correct)
     hits = sum(1 for flag in correct if flag)
+    no_answer = sum(1 for flag in answered if not flag)
     return {
         "accuracy": hits / n if n else 0.0,
         "correct": hits,
         "n": n,
+        "wrong": n - hits - no_answer,
+        "no_answer": no_answer,
         "seconds": seconds,
         "examples_per_second": (n / seconds if seconds else None),
     }
@@ -194,14 +211,33 @@ def score_generations(examples: Sequence[CoTExample], generations: Sequence[str]
     for example, generation in zip(examples, generations):
         extracted, correct = score_generation(generation, example.answer, fmt, no_cot)
         rows.append({"generation": generation, "extracted": extracted, "gold": example.answer, "correct": correct})
-    return rows, summarize([row["correct"] for row in rows])
+    answered = [has_answer(row["extracted"], fmt) for row in rows]
+    return rows, summarize([row["correct"] for row in rows], answered)
 
 
 def summary_line(summary: dict) -> str:
-    line = f"accuracy {summary['accuracy']:.4f} ({summary['correct']}/{summary['n']})"
+    """``accuracy A (c/n); w wrong, k with no answer (...)``, then unfinished rows and speed."""
+    line = (f"accuracy {summary['accuracy']:.4f} ({summary['correct']}/{summary['n']}); "
+            f"{summary['wrong']} wrong, {summary['no_answer']} with no answer "
+            f"(no `{ANSWER_MARK}`, or nothing to read after it)")
+    if summary.get("unfinished"):
+        line += f"; {summary['unfinished']} cut off at max_new_tokens"
     if summary.get("examples_per_second"):
         line += f", {summary['examples_per_second']:.2f} examples/s"
     return line
+
+
+def no_answer_note(rows: Sequence[dict], fmt: str, no_cot: bool = False) -> str | None:
+    """A hint when generations have no answer: how many, the first one, and the likely cause."""
+    missing = [row for row in rows if not has_answer(row["extracted"], fmt)]
+    if not missing:
+        return None
+    note = (f"note: {len(missing)} of {len(rows)} generations have no answer to read, "
+            f"e.g. {missing[0]['generation'][:100]!r}")
+    if no_cot and fmt == "icot":
+        note += ("; a model that writes CoT here was trained with CoT left at its last step "
+                 "(`axolotl-maskthought schedule CONFIG` reports it)")
+    return note
 
 
 def write_results(output_dir: str | Path, rows: Sequence[dict], summary: dict) -> Path:

@@ -8,6 +8,7 @@ mocked: axolotl trains, `axolotl_maskthought.cli.main` evaluates.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -85,6 +86,24 @@ def _check_consistent(rows: list[dict], summary: dict, n: int, fmt: str, no_cot:
     for row in rows:
         extracted, correct = scoring.score_generation(row["generation"], row["gold"], fmt, no_cot)
         assert (row["extracted"], row["correct"]) == (extracted, correct)
+    unreadable = sum(1 for row in rows if _no_answer(row["generation"], fmt, no_cot))
+    assert summary["no_answer"] == unreadable
+    assert summary["wrong"] == n - summary["correct"] - unreadable
+
+
+def _no_answer(generation: str, fmt: str, no_cot: bool) -> bool:
+    """Nothing to read: icot, no text after `####`; gsm8k, no number after `#### `."""
+    text = "####" + generation if (fmt == "gsm8k" and no_cot) else generation
+    if fmt == "icot":
+        return "####" not in text or not text.split("####", 1)[1].strip()
+    match = re.search(r"#### (-?[0-9.,]+)", text)
+    if match is None:
+        return True
+    try:
+        float(match.group(1).replace(",", ""))
+    except ValueError:
+        return True
+    return False
 
 
 def _tokenizer(directory):
@@ -170,13 +189,17 @@ def test_batch_size_does_not_change_generations(runs):
 
 
 @pytest.mark.parametrize("fmt_args, ends_with", [(["--format", "icot"], "</s></s>"), ([], "####")])
-def test_no_cot_prompts(runs, tmp_path, fmt_args, ends_with):
+def test_no_cot_prompts(runs, tmp_path, capsys, fmt_args, ends_with):
     data_file = runs["train"] if fmt_args else runs["arith"]
     output = tmp_path / "nocot"
     assert _eval([runs["full"], "--data", data_file, "--no-cot", "--limit", "3", "--output", output, *fmt_args]) == 0
     rows, summary = _read(output)
     fmt = "icot" if fmt_args else "gsm8k"
     _check_consistent(rows, summary, 3, fmt, no_cot=True)
+    out = capsys.readouterr().out
+    assert f"{summary['wrong']} wrong, {summary['no_answer']} with no answer" in out
+    assert ("generations have no answer" in out) == (summary["no_answer"] > 0)
+    print(f"{fmt} --no-cot on a model trained with CoT: {summary}")
     assert all(row["prompt"].endswith(ends_with) for row in rows)
     if fmt == "gsm8k":
         assert all("### Response:\n" in row["prompt"] for row in rows)  # default template: alpaca

@@ -171,3 +171,44 @@ def test_score_command_icot_and_errors(shared_data, tmp_path, capsys):
     assert main(["score", "--data", str(path), "--predictions", str(broken)]) == 2
     err = capsys.readouterr().err
     assert f"{broken}: row 2: no string field `generation`" in err and "Traceback" not in err
+
+
+# ---- answers with nothing to read are counted apart from wrong ones --------------------
+def test_has_answer_separates_format_failures_from_wrong_answers():
+    # icot: text after `####`; gsm8k: a number after `#### `
+    assert scoring.has_answer(scoring.extract_answer(" 1 2 #### 3 4", "icot"), "icot")
+    assert scoring.has_answer(scoring.extract_answer(" #### 9 9", "icot"), "icot")  # wrong, but an answer
+    assert not scoring.has_answer(scoring.extract_answer(" 1 2 + 3 4 ( 5 6 )", "icot"), "icot")  # CoT, no `####`
+    assert not scoring.has_answer(scoring.extract_answer(" 1 2 ####", "icot"), "icot")  # nothing after it
+    assert scoring.has_answer(scoring.extract_answer("so #### 7", "gsm8k"), "gsm8k")
+    for unreadable in ("so the answer is 7", "####7", "#### seven", "#### ,", "#### 1.2.3"):
+        assert not scoring.has_answer(scoring.extract_answer(unreadable, "gsm8k"), "gsm8k"), unreadable
+    assert scoring.has_answer(scoring.extract_answer(" 7", "gsm8k", no_cot=True), "gsm8k")
+    with pytest.raises(ValueError, match="3 correct flags for 2"):
+        scoring.summarize([True, False, False], [True, True])
+
+
+def test_score_counts_no_answer_apart_from_wrong(shared_data, tmp_path, capsys):
+    """The case of issue 10: a model trained with CoT left, asked for no CoT, writes the
+    rest of a CoT and stops at EOS. Those rows have no answer; they are not wrong answers."""
+    path = shared_data / "icot" / "4_by_4_mult" / "test_bigbench.txt"
+    lines = _icot_lines(path)[:30]
+    generations = []
+    for index, line in enumerate(lines):
+        cot, answer = line.split("||", 1)[1].split("#### ")
+        if index < 12:  # the rest of a CoT, stopped at the EOS: decoded text has no `####`
+            generations.append(" " + " ".join(cot.split()[5:]))
+        elif index < 20:  # an answer, the wrong one (a digit too many)
+            generations.append(" #### 9 " + answer)
+        else:
+            generations.append(" #### " + answer)
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text("".join(json.dumps({"generation": text}) + "\n" for text in generations))
+    output = tmp_path / "o"
+    assert main(["score", "--data", str(path), "--predictions", str(predictions), "--no-cot", "--limit", "30",
+                 "--output", str(output)]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy 0.3333 (10/30); 8 wrong, 12 with no answer" in out
+    assert "note: 12 of 30 generations have no answer" in out and "trained with CoT left" in out
+    summary = json.loads((output / "summary.json").read_text())
+    assert (summary["correct"], summary["wrong"], summary["no_answer"], summary["n"]) == (10, 8, 12, 30)

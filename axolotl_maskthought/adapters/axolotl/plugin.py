@@ -131,3 +131,9 @@ class MaskThoughtPlugin(BasePlugin):
 
         if isinstance(trainer, MaskThoughtMixin):
             trainer.configure_maskthought(cfg.get("masked_thought"), cfg.get("cot_removal"))
+            if trainer.cot_removal is not None:  # CoT lengths vs the schedule, logged when training begins
+                from ...cot_lengths import CoTLengthReportCallback
+
+                length_setting = "max_steps" if cfg.get("max_steps") else "num_epochs"
+                trainer.add_callback(CoTLengthReportCallback(
+                    trainer.cot_removal, trainer.train_dataset, length_setting, cfg.get("num_epochs")))
