@@ -9,6 +9,8 @@ the batch width. It runs in the dataloader worker and does nothing step-dependen
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 COT_MASK = "cot_mask"
@@ -80,13 +82,7 @@ def _packs_flat_lists(inner) -> bool:
     from transformers import DataCollatorWithFlattening
 
     packing: tuple[type, ...] = (DataCollatorWithFlattening,)
-    try:
-        from axolotl.utils.collators.batching import (
-            BatchSamplerDataCollatorForSeq2Seq,
-            V2BatchSamplerDataCollatorForSeq2Seq,
-        )
-    except ImportError:  # used without axolotl (plain transformers / TRL)
-        pass
-    else:
-        packing += (BatchSamplerDataCollatorForSeq2Seq, V2BatchSamplerDataCollatorForSeq2Seq)
+    batching = sys.modules.get("axolotl.utils.collators.batching")
+    if batching is not None:  # an axolotl collator's module is loaded; never import axolotl for it
+        packing += (batching.BatchSamplerDataCollatorForSeq2Seq, batching.V2BatchSamplerDataCollatorForSeq2Seq)
     return isinstance(inner, packing) or bool(getattr(inner, "padding_free", False))  # TRL

@@ -113,6 +113,11 @@ def test_plain_trainer_follows_schedule_and_resets(gsm8k, tmp_path):
     tokenizer, rows = gsm8k
     removal = {"tokens_per_epoch": 2, "smoothing_lambda": None}
     trainer, forwards, adam = _train(MaskThoughtTrainer, tokenizer, rows, tmp_path, cot_removal=removal)
+    # 5 tokens removed by the last step, of CoTs of 70+: the start-of-training report says so.
+    from axolotl_maskthought.cot_lengths import CoTLengthReportCallback
+
+    report = next(c for c in trainer.callback_handler.callbacks if isinstance(c, CoTLengthReportCallback)).report
+    assert report.final_count == 5 and report.with_cot_left == ROWS and report.fixes
     assert trainer.micro_batches_per_epoch == ROWS // BATCH
     counts = [trainer.applied_counts[step] for step in range(len(forwards))]
     assert counts == [optimizer_step_count(s, 1, ROWS // BATCH, 2) for s in range(3 * ROWS // BATCH)]

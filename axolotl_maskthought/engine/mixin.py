@@ -320,7 +320,20 @@ class MaskThoughtMixin:
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
         if isinstance(resume_from_checkpoint, str):
             self._load_maskthought_state(resume_from_checkpoint)
+        self._add_cot_length_report()
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _add_cot_length_report(self) -> None:
+        """CoT lengths vs the schedule, logged when training begins (unless an adapter added its own)."""
+        from ..cot_lengths import CoTLengthReportCallback
+
+        callbacks = self.callback_handler.callbacks
+        if self.cot_removal is None or any(isinstance(c, CoTLengthReportCallback) for c in callbacks):
+            return
+        by_steps = self.args.max_steps is not None and self.args.max_steps > 0
+        self.add_callback(CoTLengthReportCallback(self.cot_removal, self.train_dataset,
+                                                  "max_steps" if by_steps else "num_epochs",
+                                                  None if by_steps else self.args.num_train_epochs))
 
     def _load_maskthought_state(self, checkpoint: str) -> None:
         path = os.path.join(checkpoint, STATE_FILE)
