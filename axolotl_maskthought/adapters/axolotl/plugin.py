@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from pathlib import Path
 
 from axolotl.integrations.base import BasePlugin
@@ -39,16 +40,55 @@ def _mask_token(cfg) -> str | None:
     return None
 
 
-def tokenization_fingerprint(cfg) -> str:
-    """What of this plugin's settings changes tokenized data (axolotl's hash sees none of it)."""
-    from ... import __version__
+PREPARED_KEY = re.compile(r"maskthought-[0-9a-f]{12}")
 
-    payload = {
-        "version": __version__,
-        "cot_format": dict(cfg.get("cot_format") or {}),
-        "mask_token": _mask_token(cfg),
-    }
+
+def tokenization_fingerprint(cfg) -> str:
+    """12 hex digits keying prepared data by what of this plugin changes tokenized rows
+    and axolotl's prepared-data hash does not see: the `cot_format:` options (defaults
+    filled in, the template as text), the added mask token, and the package's
+    tokenization code.
+
+    Raises:
+        pydantic.ValidationError: the `cot_format:` block is invalid.
+    """
+    from ...strategies.base import format_options, tokenization_code_fingerprint
+
+    options = format_options(cfg)
+    # eval_accuracy_samples only picks rows to generate on; a template name and its text give the same rows.
+    layout = options.model_dump(mode="json", exclude={"eval_accuracy_samples"})
+    layout["prompt_template"] = options.template()
+    payload = {"code": tokenization_code_fingerprint(), "cot_format": layout, "mask_token": _mask_token(cfg)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def key_prepared_path(cfg) -> None:
+    """Point `dataset_prepared_path` at ``<path>/maskthought-<fingerprint>``, `<path>`
+    being the user's value or axolotl's default ``last_run_prepared``, which axolotl
+    saves to and loads from even when the key is unset.
+
+    axolotl's own hash of prepared data ignores plugin keys, so without this a run
+    would load rows tokenized under other `cot_format:` settings. Idempotent: a path
+    keyed already (a reloaded config) is re-keyed, never nested. No-op when the plugin
+    is inactive.
+    """
+    if not is_active(cfg):
+        return
+    from pydantic import ValidationError
+
+    try:
+        key = f"maskthought-{tokenization_fingerprint(cfg)}"
+    except ValidationError:
+        return  # axolotl's validation reports the bad `cot_format:` block next
+    from axolotl.common.const import DEFAULT_DATASET_PREPARED_PATH
+
+    base = Path(cfg.get("dataset_prepared_path") or DEFAULT_DATASET_PREPARED_PATH)
+    if PREPARED_KEY.fullmatch(base.name):
+        base = base.parent
+    keyed = str(base / key)
+    if cfg.get("dataset_prepared_path") != keyed:
+        cfg["dataset_prepared_path"] = keyed
+        LOG.info("prepared data keyed by plugin settings: %s", keyed)
 
 
 class MaskThoughtPlugin(BasePlugin):
@@ -69,14 +109,13 @@ class MaskThoughtPlugin(BasePlugin):
             tokens = list(cfg.get("tokens") or [])
             if token not in tokens:
                 cfg["tokens"] = tokens + [token]
+        # Here, on the raw config, because every axolotl command (train, preprocess,
+        # evaluate, ...) and in-process `load_cfg` passes through it before any data is
+        # loaded; `load_datasets` is not called by all of them.
+        key_prepared_path(cfg)
 
     def load_datasets(self, cfg, preprocess: bool = False):
-        if _uses_strategies(cfg) and cfg.get("dataset_prepared_path"):
-            base = Path(cfg["dataset_prepared_path"])
-            suffix = f"maskthought-{tokenization_fingerprint(cfg)}"
-            if base.name != suffix:
-                cfg["dataset_prepared_path"] = str(base / suffix)
-                LOG.info("prepared data keyed by plugin settings: %s", cfg["dataset_prepared_path"])
+        key_prepared_path(cfg)  # a no-op after register; for configs set up without it
         return None  # axolotl loads the data itself
 
     def pre_lora_load(self, cfg, model):
