@@ -91,6 +91,34 @@ def key_prepared_path(cfg) -> None:
         LOG.info("prepared data keyed by plugin settings: %s", keyed)
 
 
+def _merge_with_training_tokenizer(cfg) -> None:
+    """`axolotl merge-lora` with an added `<mask>`: the merged folder must get the
+    tokenizer training used, not the base model's.
+
+    axolotl's memory-efficient merge copies the base model's tokenizer files beside the
+    merged weights, whose embeddings have the added rows. From axolotl 0.21 on, the
+    plugin's ``post_lora_merge`` then writes the training tokenizer; before it, no hook
+    runs after that merge, so the legacy merge (which saves axolotl's tokenizer, built
+    from the same config as in training) is chosen, and an explicit
+    `merge_method: memory_efficient` is refused.
+    """
+    if hasattr(BasePlugin, "post_lora_merge"):
+        return
+    method = cfg.get("merge_method")
+    if method is None:
+        cfg["merge_method"] = "legacy"
+        LOG.warning(
+            "merge-lora: `merge_method: legacy` (the memory-efficient merge of this axolotl version would "
+            "write the base model's tokenizer, without the mask token, beside the merged model)"
+        )
+    elif method != "legacy":
+        raise ValueError(
+            f"`merge_method: {method}` with `masked_thought.replacement: mask_token`: this axolotl version's "
+            "memory-efficient merge writes the base model's tokenizer, without the added mask token, beside "
+            "the merged model; use `merge_method: legacy` (or axolotl >= 0.21)"
+        )
+
+
 class MaskThoughtPlugin(BasePlugin):
     """Masked Thought and Stepwise Internalization for axolotl."""
 
@@ -109,6 +137,8 @@ class MaskThoughtPlugin(BasePlugin):
             tokens = list(cfg.get("tokens") or [])
             if token not in tokens:
                 cfg["tokens"] = tokens + [token]
+            if cfg.get("merge_lora"):
+                _merge_with_training_tokenizer(cfg)
         # Here, on the raw config, because every axolotl command (train, preprocess,
         # evaluate, ...) and in-process `load_cfg` passes through it before any data is
         # loaded; `load_datasets` is not called by all of them.
@@ -134,6 +164,32 @@ class MaskThoughtPlugin(BasePlugin):
         token_id = load_tokenizer(cfg).convert_tokens_to_ids(token)
         init_rows_to_mean(model, [token_id], existing_rows=len(base))
         LOG.info("initialised %s (id %d) embedding rows to the mean of %d rows", token, token_id, len(base))
+
+    def post_lora_merge(self, cfg, adapter_path: str, output_path: str):
+        """axolotl >= 0.21, after `merge-lora` saved ``output_path``: write the tokenizer
+        training used (axolotl's, from the same config, so with the mask token) over the
+        base model's, which the memory-efficient merge copied there.
+
+        Raises:
+            ValueError: the merged model has fewer embedding rows than that tokenizer.
+        """
+        if _mask_token(cfg) is None:
+            return
+        from axolotl.loaders import load_tokenizer
+        from transformers import AutoConfig
+
+        tokenizer = load_tokenizer(cfg)
+        rows = AutoConfig.from_pretrained(output_path).get_text_config().vocab_size
+        if rows < len(tokenizer):
+            raise ValueError(
+                f"{output_path}: the merged model has {rows} embedding rows but training's tokenizer has "
+                f"{len(tokenizer)} tokens; was {adapter_path} trained with `lora_modules_to_save: [embed_tokens, lm_head]`?"
+            )
+        kwargs = {}
+        if cfg.get("tokenizer_save_jinja_files") is not None:
+            kwargs["save_jinja_files"] = cfg.get("tokenizer_save_jinja_files")
+        tokenizer.save_pretrained(output_path, **kwargs)
+        LOG.info("%s: wrote training's tokenizer (%d tokens)", output_path, len(tokenizer))
 
     def post_lora_load(self, cfg, model):
         if _mask_token(cfg) is None or cfg.get("adapter") not in ("lora", "qlora"):
