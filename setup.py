@@ -23,8 +23,10 @@ setup(
         "matplotlib",  # plots are part of the product: `schedule --plot`, the quickstart
     ],
     extras_require={
-        "tests": ["pytest>=8", "matplotlib"],
-        "dev": ["pytest>=8", "matplotlib"],
+        # openai-whisper ships GPT-2's BPE ranks (whisper/assets/gpt2.tiktoken): the tests
+        # check the ICoT layout on GPT-2's real tokenizer, offline.
+        "tests": ["pytest>=8", "matplotlib", "openai-whisper"],
+        "dev": ["pytest>=8", "matplotlib", "openai-whisper"],
         "plot": ["matplotlib"],
         "deepspeed": ["deepspeed>=0.17"],
         "flash-attn": ["flash-attn>=2.6"],

@@ -91,25 +91,69 @@ def _example(prompt: list[int], cot: list[int], rest: list[int], train_on_inputs
     }
 
 
-# ICoT layout: ' {question} {eos} {cot} {eos} {answer} {eos}', answer = '#### ...'.
+# ICoT layout (arXiv 2405.14838, official code): ONE string
+#   ' {question} {eos} {cot} {eos} {answer} {eos}'   answer = '#### ...' without commas
+# tokenized in one call with the tokenizer's special tokens. On a byte-level BPE
+# (GPT-2) the space before each EOS is then a token of its own, and the one before
+# the second EOS belongs to the CoT span.
+def icot_text(example: CoTExample, eos_token: str) -> str:
+    """The official ICoT-SI training string of ``example``, ``eos_token`` being the
+    tokenizer's EOS text. An empty CoT gives the layout of a fully removed one,
+    ``' {question} {eos}{eos} {answer} {eos}'`` (no whitespace token between the
+    separators), which is what ``--no-cot`` evaluation prompts."""
+    answer = f"{ANSWER_MARK} {example.answer}".replace(",", "")
+    cot = f" {example.cot} {eos_token}" if example.cot else eos_token
+    return f" {example.question} {eos_token}{cot} {answer} {eos_token}"
+
+
+def _icot_eos(tokenizer) -> tuple[int, str]:
+    if tokenizer.eos_token_id is None or not tokenizer.eos_token:
+        raise ValueError("the tokenizer has no eos_token, which the ICoT layout uses as separator")
+    return tokenizer.eos_token_id, tokenizer.eos_token
+
+
+def _eos_positions(ids: list[int], eos: int) -> list[int]:
+    # Position 0 is never a separator (the text starts with a space): an EOS there is
+    # a BOS that is also the EOS token (GPT-2 tokenizers with add_bos_token).
+    return [i for i, token in enumerate(ids) if token == eos and i > 0]
+
+
 def icot_prompt_ids(tokenizer, question: str, no_cot: bool = False) -> list[int]:
-    """Everything up to and including the first EOS; ``no_cot`` adds the second EOS."""
-    eos = tokenizer.eos_token_id
-    ids = _prompt_ids(tokenizer, f" {question}") + [eos]
-    return ids + [eos] if no_cot else ids
+    """The training sequence up to and including the first EOS (the official prompt);
+    ``no_cot`` adds the second EOS, as in training once the whole CoT is removed.
+
+    Tokenized as the string ``' {question} {eos}'``: the EOS splits the text, so
+    these are exactly the first tokens of :func:`tokenize_icot`'s sequence.
+    """
+    eos, eos_token = _icot_eos(tokenizer)
+    ids = list(tokenizer(f" {question} {eos_token}", add_special_tokens=True)["input_ids"])
+    positions = _eos_positions(ids, eos)
+    if not positions:
+        raise ValueError(f"{eos_token!r} did not tokenize to the eos id {eos}")
+    prompt = ids[: positions[0] + 1]
+    return prompt + [eos] if no_cot else prompt
 
 
 def tokenize_icot(tokenizer, example: CoTExample, train_on_inputs: bool = False) -> dict:
-    """The official layout. Loss from the first CoT token on; the CoT is what lies
-    strictly between the two separators, which both stay when it is removed."""
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError("the tokenizer has no eos_token, which the ICoT layout uses as separator")
-    prompt = icot_prompt_ids(tokenizer, example.question)
-    # An empty CoT (no-CoT training data, `q|| #### a`) has no tokens: `q eos eos #### a eos`.
-    cot = _ids(tokenizer, f" {example.cot}") if example.cot else []
-    rest = [eos] + _ids(tokenizer, f" {ANSWER_MARK} {example.answer}") + [eos]
-    return _example(prompt, cot, rest, train_on_inputs)
+    """The official layout: :func:`icot_text` tokenized in one call.
+
+    Labels are -100 up to and including the first EOS; the CoT span is every token
+    strictly between the first two EOS (both stay when it is removed).
+
+    Raises:
+        ValueError: the tokenizer has no EOS, or the text holds the EOS text itself.
+    """
+    eos, eos_token = _icot_eos(tokenizer)
+    ids = list(tokenizer(icot_text(example, eos_token), add_special_tokens=True)["input_ids"])
+    positions = _eos_positions(ids, eos)
+    appended = len(positions) == 4 and positions[3] == positions[2] + 1 == len(ids) - 1  # a post-processor's EOS
+    if len(positions) != 3 and not appended:
+        raise ValueError(
+            f"expected 3 EOS separators in the ICoT sequence, found {len(positions)}: "
+            f"does the question, CoT or answer contain {eos_token!r}?"
+        )
+    first, second = positions[0], positions[1]
+    return _example(ids[: first + 1], ids[first + 1 : second], ids[second:], train_on_inputs)
 
 
 def gsm8k_prompt_ids(tokenizer, question: str, template: str, no_cot: bool = False) -> list[int]:

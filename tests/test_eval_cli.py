@@ -125,8 +125,9 @@ def test_full_weights_memorised_set_is_answered(runs, tmp_path, capsys):
     for row, example in zip(rows, examples):
         # The prompt is the training layout up to the first EOS; the generation is CoT then answer.
         assert row["prompt"] == tokenizer.decode(icot_prompt_ids(tokenizer, example.question))
-        assert row["prompt"] == f"<s> {example.question}</s>"
-        assert row["generation"] == f" {example.cot} #### {example.answer}"
+        # Official layout ' {q} {eos} {cot} {eos} {answer} {eos}': a space token before each EOS.
+        assert row["prompt"] == f"<s> {example.question} </s>"
+        assert row["generation"] == f" {example.cot}  #### {example.answer} "
         assert row["finished"] is True
 
 
@@ -179,7 +180,7 @@ def test_batch_size_does_not_change_generations(runs):
                                         progress=False) for size in (1, 3, 4)}
         generations = {size: [row["generation"] for row in result["predictions"]] for size, result in results.items()}
         assert generations[1] == generations[3] == generations[4]
-        assert sum(len(text) > 4 for text in generations[1]) >= len(examples) // 2  # not just instant EOS
+        assert sum(bool(text.strip()) for text in generations[1]) >= len(examples) // 2  # not just instant EOS
         print(f"{fmt}: {results[1]['examples_per_second']:.1f} ex/s at batch 1, "
               f"{results[4]['examples_per_second']:.1f} at batch 4")
     memorised = evaluate_model(model, tokenizer, scoring.load_examples(runs["mixed"], "icot"), "icot",
@@ -188,7 +189,7 @@ def test_batch_size_does_not_change_generations(runs):
     assert model.training is False
 
 
-@pytest.mark.parametrize("fmt_args, ends_with", [(["--format", "icot"], "</s></s>"), ([], "####")])
+@pytest.mark.parametrize("fmt_args, ends_with", [(["--format", "icot"], " </s></s>"), ([], "####")])
 def test_no_cot_prompts(runs, tmp_path, capsys, fmt_args, ends_with):
     data_file = runs["train"] if fmt_args else runs["arith"]
     output = tmp_path / "nocot"

@@ -15,7 +15,7 @@ from axolotl.prompt_strategies import load as load_strategy
 from axolotl.utils.dict import DictDefault
 
 from axolotl_maskthought.args import PROMPT_TEMPLATES
-from axolotl_maskthought.formats import gsm8k_prompt_ids, icot_prompt_ids
+from axolotl_maskthought.formats import gsm8k_prompt_ids
 from axolotl_maskthought.tiny import build_tokenizer
 
 IGNORE = -100
@@ -59,48 +59,7 @@ def icot_tokenizers(shared_data: Path) -> dict:
     }
 
 
-@pytest.mark.parametrize("name", ICOT_FILES)
-def test_icot_layout_on_every_line(shared_data: Path, icot_tokenizers: dict, name: str) -> None:
-    tokenizer = icot_tokenizers[name]
-    eos = tokenizer.eos_token_id
-    strategy = _strategy("icot", tokenizer)
-    lines = _icot_lines(shared_data, name)
-    assert len(lines) >= 500
-    for number, line in enumerate(lines, start=1):
-        question, solution = line.split("||", 1)
-        cot, answer = solution.split("####", 1)
-        example = strategy.tokenize_prompt({"text": line})
-        ids, labels, cot_mask = example["input_ids"], example["labels"], example["cot_mask"]
-        where = f"{name} line {number}"
-
-        eos_positions = [i for i, token in enumerate(ids) if token == eos]
-        assert len(eos_positions) == 3, where
-        first, second, last = eos_positions
-        assert last == len(ids) - 1, where
-        # labels -100 up to and including the first EOS, the input token everywhere after
-        assert labels[: first + 1] == [IGNORE] * (first + 1), where
-        assert labels[first + 1 :] == ids[first + 1 :], where
-        # the CoT is exactly what lies between the two separators
-        assert cot_mask == [0] * (first + 1) + [1] * (second - first - 1) + [0] * (len(ids) - second), where
-        assert example["attention_mask"] == [1] * len(ids), where
-
-        prompt, cot_ids, rest = _spans(example)
-        assert prompt == icot_prompt_ids(tokenizer, question.strip()), where
-        assert tokenizer.decode(prompt[:-1]) == f" {question.strip()}", where
-        # an empty CoT (`q|| #### a`) has no tokens: `q eos eos #### a eos`
-        cot_text = f" {cot.strip()}" if cot.strip() else ""
-        assert tokenizer.decode(cot_ids) == cot_text, where
-        assert tokenizer.decode(rest[1:-1]) == f" #### {answer.strip()}", where
-        assert tokenizer.decode(ids) == f" {question.strip()}</s>{cot_text}</s> #### {answer.strip()}</s>", where
-
-
-def test_icot_no_cot_prompt_has_both_separators(icot_tokenizers: dict) -> None:
-    tokenizer = icot_tokenizers["4_by_4_mult/valid.txt"]
-    eos = tokenizer.eos_token_id
-    with_cot = icot_prompt_ids(tokenizer, "5 6 3 2 * 7 4 3 4")
-    without = icot_prompt_ids(tokenizer, "5 6 3 2 * 7 4 3 4", no_cot=True)
-    assert with_cot[-1] == eos and with_cot.count(eos) == 1
-    assert without == with_cot + [eos]
+# The ICoT layout against the official procedure: tests/test_icot_layout.py.
 
 
 def test_icot_with_bos_keeps_bos_in_the_prompt(shared_data: Path) -> None:

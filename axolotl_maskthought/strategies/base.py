@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -19,6 +21,21 @@ def format_options(cfg) -> CoTFormatConfig:
     if isinstance(block, CoTFormatConfig):
         return block
     return CoTFormatConfig(**(dict(block) if block else {}))
+
+
+@functools.lru_cache(maxsize=1)
+def tokenization_code_fingerprint() -> str:
+    """12 hex digits of sha256 over the source of the modules that lay examples out
+    as tokens (``formats.py``, ``strategies/*.py``).
+
+    Prepared data and the ``datasets`` map cache are keyed by it, so a layout changed
+    by newer code is never served from a cache that older code wrote.
+    """
+    package = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in [package / "formats.py", *sorted((package / "strategies").glob("*.py"))]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def local_file(ds_cfg) -> Path | None:
@@ -75,6 +92,9 @@ class CoTStrategy:
     def __init__(self, tokenizer, cfg, ds_cfg, parse: Callable[[dict], CoTExample]):
         self.tokenizer = tokenizer
         self.options = format_options(cfg)
+        # `datasets` fingerprints a map by pickling the strategy (its attributes, not its
+        # code): with this attribute a changed layout misses the map cache.
+        self.code_fingerprint = tokenization_code_fingerprint()
         self.train_on_inputs = bool(cfg.get("train_on_inputs")) if cfg is not None else False
         self.parse = parse
         self.filter_rows = self._is_valid if self.options.skip_invalid_rows else None

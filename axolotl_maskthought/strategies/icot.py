@@ -1,9 +1,11 @@
 """``type: axolotl_maskthought.strategies.icot`` — lines ``question||cot #### answer``.
 
 axolotl loads a ``.txt`` file as rows ``{"text": line}``. Layout (official
-Stepwise Internalization): ``' {question} {eos} {cot} {eos} #### {answer} {eos}'``;
-labels -100 up to and including the first EOS; the CoT is what lies between the
-two EOS separators.
+Stepwise Internalization, arXiv 2405.14838): the one string
+``' {question} {eos} {cot} {eos} #### {answer} {eos}'`` tokenized in one call, so
+a byte-level BPE gives the space before each EOS a token of its own; labels -100
+up to and including the first EOS; the CoT is every token strictly between the two
+EOS separators (see :func:`axolotl_maskthought.formats.tokenize_icot`).
 """
 
 from __future__ import annotations

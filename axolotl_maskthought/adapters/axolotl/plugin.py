@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from pathlib import Path
 
 from axolotl.integrations.base import BasePlugin
@@ -39,16 +40,83 @@ def _mask_token(cfg) -> str | None:
     return None
 
 
-def tokenization_fingerprint(cfg) -> str:
-    """What of this plugin's settings changes tokenized data (axolotl's hash sees none of it)."""
-    from ... import __version__
+PREPARED_KEY = re.compile(r"maskthought-[0-9a-f]{12}")
 
-    payload = {
-        "version": __version__,
-        "cot_format": dict(cfg.get("cot_format") or {}),
-        "mask_token": _mask_token(cfg),
-    }
+
+def tokenization_fingerprint(cfg) -> str:
+    """12 hex digits keying prepared data by what of this plugin changes tokenized rows
+    and axolotl's prepared-data hash does not see: the `cot_format:` options (defaults
+    filled in, the template as text), the added mask token, and the package's
+    tokenization code.
+
+    Raises:
+        pydantic.ValidationError: the `cot_format:` block is invalid.
+    """
+    from ...strategies.base import format_options, tokenization_code_fingerprint
+
+    options = format_options(cfg)
+    # eval_accuracy_samples only picks rows to generate on; a template name and its text give the same rows.
+    layout = options.model_dump(mode="json", exclude={"eval_accuracy_samples"})
+    layout["prompt_template"] = options.template()
+    payload = {"code": tokenization_code_fingerprint(), "cot_format": layout, "mask_token": _mask_token(cfg)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def key_prepared_path(cfg) -> None:
+    """Point `dataset_prepared_path` at ``<path>/maskthought-<fingerprint>``, `<path>`
+    being the user's value or axolotl's default ``last_run_prepared``, which axolotl
+    saves to and loads from even when the key is unset.
+
+    axolotl's own hash of prepared data ignores plugin keys, so without this a run
+    would load rows tokenized under other `cot_format:` settings. Idempotent: a path
+    keyed already (a reloaded config) is re-keyed, never nested. No-op when the plugin
+    is inactive.
+    """
+    if not is_active(cfg):
+        return
+    from pydantic import ValidationError
+
+    try:
+        key = f"maskthought-{tokenization_fingerprint(cfg)}"
+    except ValidationError:
+        return  # axolotl's validation reports the bad `cot_format:` block next
+    from axolotl.common.const import DEFAULT_DATASET_PREPARED_PATH
+
+    base = Path(cfg.get("dataset_prepared_path") or DEFAULT_DATASET_PREPARED_PATH)
+    if PREPARED_KEY.fullmatch(base.name):
+        base = base.parent
+    keyed = str(base / key)
+    if cfg.get("dataset_prepared_path") != keyed:
+        cfg["dataset_prepared_path"] = keyed
+        LOG.info("prepared data keyed by plugin settings: %s", keyed)
+
+
+def _merge_with_training_tokenizer(cfg) -> None:
+    """`axolotl merge-lora` with an added `<mask>`: the merged folder must get the
+    tokenizer training used, not the base model's.
+
+    axolotl's memory-efficient merge copies the base model's tokenizer files beside the
+    merged weights, whose embeddings have the added rows. From axolotl 0.21 on, the
+    plugin's ``post_lora_merge`` then writes the training tokenizer; before it, no hook
+    runs after that merge, so the legacy merge (which saves axolotl's tokenizer, built
+    from the same config as in training) is chosen, and an explicit
+    `merge_method: memory_efficient` is refused.
+    """
+    if hasattr(BasePlugin, "post_lora_merge"):
+        return
+    method = cfg.get("merge_method")
+    if method is None:
+        cfg["merge_method"] = "legacy"
+        LOG.warning(
+            "merge-lora: `merge_method: legacy` (the memory-efficient merge of this axolotl version would "
+            "write the base model's tokenizer, without the mask token, beside the merged model)"
+        )
+    elif method != "legacy":
+        raise ValueError(
+            f"`merge_method: {method}` with `masked_thought.replacement: mask_token`: this axolotl version's "
+            "memory-efficient merge writes the base model's tokenizer, without the added mask token, beside "
+            "the merged model; use `merge_method: legacy` (or axolotl >= 0.21)"
+        )
 
 
 class MaskThoughtPlugin(BasePlugin):
@@ -69,14 +137,15 @@ class MaskThoughtPlugin(BasePlugin):
             tokens = list(cfg.get("tokens") or [])
             if token not in tokens:
                 cfg["tokens"] = tokens + [token]
+            if cfg.get("merge_lora"):
+                _merge_with_training_tokenizer(cfg)
+        # Here, on the raw config, because every axolotl command (train, preprocess,
+        # evaluate, ...) and in-process `load_cfg` passes through it before any data is
+        # loaded; `load_datasets` is not called by all of them.
+        key_prepared_path(cfg)
 
     def load_datasets(self, cfg, preprocess: bool = False):
-        if _uses_strategies(cfg) and cfg.get("dataset_prepared_path"):
-            base = Path(cfg["dataset_prepared_path"])
-            suffix = f"maskthought-{tokenization_fingerprint(cfg)}"
-            if base.name != suffix:
-                cfg["dataset_prepared_path"] = str(base / suffix)
-                LOG.info("prepared data keyed by plugin settings: %s", cfg["dataset_prepared_path"])
+        key_prepared_path(cfg)  # a no-op after register; for configs set up without it
         return None  # axolotl loads the data itself
 
     def pre_lora_load(self, cfg, model):
@@ -95,6 +164,32 @@ class MaskThoughtPlugin(BasePlugin):
         token_id = load_tokenizer(cfg).convert_tokens_to_ids(token)
         init_rows_to_mean(model, [token_id], existing_rows=len(base))
         LOG.info("initialised %s (id %d) embedding rows to the mean of %d rows", token, token_id, len(base))
+
+    def post_lora_merge(self, cfg, adapter_path: str, output_path: str):
+        """axolotl >= 0.21, after `merge-lora` saved ``output_path``: write the tokenizer
+        training used (axolotl's, from the same config, so with the mask token) over the
+        base model's, which the memory-efficient merge copied there.
+
+        Raises:
+            ValueError: the merged model has fewer embedding rows than that tokenizer.
+        """
+        if _mask_token(cfg) is None:
+            return
+        from axolotl.loaders import load_tokenizer
+        from transformers import AutoConfig
+
+        tokenizer = load_tokenizer(cfg)
+        rows = AutoConfig.from_pretrained(output_path).get_text_config().vocab_size
+        if rows < len(tokenizer):
+            raise ValueError(
+                f"{output_path}: the merged model has {rows} embedding rows but training's tokenizer has "
+                f"{len(tokenizer)} tokens; was {adapter_path} trained with `lora_modules_to_save: [embed_tokens, lm_head]`?"
+            )
+        kwargs = {}
+        if cfg.get("tokenizer_save_jinja_files") is not None:
+            kwargs["save_jinja_files"] = cfg.get("tokenizer_save_jinja_files")
+        tokenizer.save_pretrained(output_path, **kwargs)
+        LOG.info("%s: wrote training's tokenizer (%d tokens)", output_path, len(tokenizer))
 
     def post_lora_load(self, cfg, model):
         if _mask_token(cfg) is None or cfg.get("adapter") not in ("lora", "qlora"):
