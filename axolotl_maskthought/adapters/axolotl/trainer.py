@@ -103,6 +103,14 @@ class MaskThoughtTrainer(AxolotlTrainer):
         if self._signature_columns is not None and COT_MASK not in self._signature_columns:
             self._signature_columns = list(self._signature_columns) + [COT_MASK]
 
+    def create_optimizer(self, *args, **kwargs):
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if optimizer is not None:
+            from ...ops.optimizer_reset import record_fresh_state
+
+            record_fresh_state(optimizer)  # what a CoT-removal reset goes back to
+        return optimizer
+
     # ---- schedule ---------------------------------------------------------------
     def get_train_dataloader(self):
         dataloader = super().get_train_dataloader()
