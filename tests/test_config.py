@@ -3,6 +3,7 @@ and the data checks that run before any model is loaded."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -216,3 +217,189 @@ def test_plugin_listed_without_blocks_changes_nothing(workspace: dict) -> None:
     cfg = load_cfg(str(config))
     assert cfg.get("masked_thought") is None and cfg.get("cot_removal") is None
     assert not cfg.get("tokens")
+
+
+# ---- a setting the user wrote is never ignored silently ---------------------------
+@pytest.fixture
+def config_warnings():
+    """Messages our config check logs while a config is validated."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("axolotl.maskthought.config")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+def _icot_dataset(workspace: dict) -> dict:
+    path = workspace["root"] / "icot.txt"
+    if not path.exists():
+        path.write_text("5 6 * 7 4||5 3 + 0 5 9 ( 5 8 9 ) #### 5 8 9 1\n" * 4, encoding="utf-8")
+    return {"path": str(path), "type": "axolotl_maskthought.strategies.icot"}
+
+
+def _chat_dataset(workspace: dict, **keys) -> dict:
+    return {"path": str(workspace["data"]), "ds_type": "json",
+            "type": "axolotl_maskthought.strategies.chat_template", **keys}
+
+
+def test_muon_reset_is_accepted_and_adalomo_refused(workspace: dict) -> None:
+    """The reset keeps what an optimizer writes while it is built (test_optimizer_reset);
+    AdaLomo keeps its moments outside `optimizer.state`, so it is refused before the model
+    loads, naming both keys, unless resets are off."""
+    removal = {"tokens_per_epoch": 8}
+    assert _load(workspace, "muon", optimizer="muon", cot_removal=removal)["optimizer"] == "muon"
+    with pytest.raises(ValueError) as raised:
+        _load(workspace, "adalomo", optimizer="adalomo", cot_removal=removal)
+    assert "`optimizer: adalomo`" in str(raised.value) and "`cot_removal.reset_optimizer" in str(raised.value)
+    cfg = _load(workspace, "adalomo_off", optimizer="adalomo", cot_removal={**removal, "reset_optimizer": False})
+    assert cfg["cot_removal"]["reset_optimizer"] is False
+    # without a reset, the optimizer does not matter to us
+    _load(workspace, "adalomo_mft", optimizer="adalomo", masked_thought={"ratio": 0.2})
+
+
+def test_unverified_optimizer_is_warned_about(workspace: dict, config_warnings) -> None:
+    _load(workspace, "flash", optimizer="flash_adamw", cot_removal={"tokens_per_epoch": 8})
+    messages = [r.getMessage() for r in config_warnings]
+    assert any("`optimizer: flash_adamw`" in m and "`cot_removal.reset_optimizer" in m and "CUDA" in m
+               for m in messages), messages
+    config_warnings.clear()
+    _load(workspace, "verified", optimizer="adamw_torch", cot_removal={"tokens_per_epoch": 8})
+    assert not [r for r in config_warnings if "optimizer" in r.getMessage()]
+
+
+def _write_deepspeed(workspace: dict, name: str, config: dict) -> str:
+    path = workspace["root"] / f"{name}.json"
+    path.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", **config}), encoding="utf-8")
+    return str(path)
+
+
+def _validate_deepspeed(workspace: dict, name: str, **extra):
+    """``load_cfg`` without its last step, which starts DeepSpeed's NCCL process group
+    (as in test_examples): plugins registered, then axolotl's validation."""
+    from axolotl.cli.config import gpu_capabilities, prepare_plugins
+    from axolotl.utils.config import validate_config
+    from axolotl.utils.dict import DictDefault
+
+    root = workspace["root"]
+    cfg = DictDefault(axolotl_run.base_config(workspace["model"], [gsm8k_dataset(workspace["data"])], root / name,
+                                              **extra))
+    axolotl_run.reset_plugins()
+    prepare_plugins(cfg)
+    capabilities, env_capabilities = gpu_capabilities()
+    return validate_config(cfg, capabilities=capabilities, env_capabilities=env_capabilities)
+
+
+def test_deepspeed_nvme_offload_with_reset_is_refused(workspace: dict) -> None:
+    zero = {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "nvme", "nvme_path": "/tmp"}}}
+    deepspeed = _write_deepspeed(workspace, "nvme", zero)
+    with pytest.raises(ValueError, match=r"`cot_removal.reset_optimizer` cannot reset .* NVMe .*`deepspeed`"):
+        _validate_deepspeed(workspace, "nvme", deepspeed=deepspeed, cot_removal={"tokens_per_epoch": 8})
+    _validate_deepspeed(workspace, "nvme_off", deepspeed=deepspeed,
+                        cot_removal={"tokens_per_epoch": 8, "reset_optimizer": False})
+
+
+def test_deepspeed_optimizer_section_overrides_optimizer_key(workspace: dict, config_warnings) -> None:
+    deepspeed = _write_deepspeed(workspace, "lamb", {"zero_optimization": {"stage": 2},
+                                                     "optimizer": {"type": "Lamb", "params": {"lr": "auto"}}})
+    _validate_deepspeed(workspace, "lamb", deepspeed=deepspeed, optimizer="adalomo",
+                        cot_removal={"tokens_per_epoch": 8})
+    messages = [r.getMessage() for r in config_warnings]
+    # `optimizer: adalomo` is not refused: DeepSpeed builds Lamb instead, and both are said
+    assert any("`optimizer: adalomo` has no effect" in m and "deepspeed" in m for m in messages), messages
+    assert any("'Lamb'" in m and "`cot_removal.reset_optimizer`" in m for m in messages), messages
+
+
+@pytest.mark.parametrize("key", ["reward_model", "process_reward_model"])
+def test_trainer_choosing_keys_are_refused(workspace: dict, key: str) -> None:
+    """axolotl asks plugins for the trainer first: our trainer would silently replace the
+    reward-model trainer."""
+    with pytest.raises(ValueError, match=rf"`{key}: true`.*`masked_thought`"):
+        _load(workspace, key, masked_thought={"ratio": 0.2}, **{key: True})
+    with pytest.raises(ValueError, match=rf"`{key}: true`.*dataset strategies"):
+        _load(workspace, f"{key}_data", **{key: True})
+
+
+def test_rl_is_refused_with_our_blocks(workspace: dict) -> None:
+    with pytest.raises(ValueError, match=r"`masked_thought` works with supervised fine-tuning only; remove `rl`"):
+        _load(workspace, "rl", masked_thought={"ratio": 0.2}, rl="dpo")
+
+
+def test_another_plugin_supplying_the_trainer_is_refused(workspace: dict) -> None:
+    """axolotl builds the first plugin's trainer class only; with the diffusion plugin listed
+    first our blocks would do nothing, listed second the diffusion training would not run."""
+    diffusion = "axolotl.integrations.diffusion.DiffusionPlugin"
+    for plugins in ([diffusion, MASKTHOUGHT_PLUGIN], [MASKTHOUGHT_PLUGIN, diffusion]):
+        with pytest.raises(ValueError, match=r"`plugins`: .*Diffusion.*own trainer"):
+            _load(workspace, "diffusion", masked_thought={"ratio": 0.2}, plugins=plugins)
+
+
+@pytest.mark.parametrize(
+    "kind, keys, named, hint",
+    [
+        ("chat", {"field_messages": "conversations"}, "datasets[0].field_messages", "cot_format.messages_field"),
+        ("chat", {"roles_to_train": ["assistant"]}, "datasets[0].roles_to_train", "remove it"),
+        ("chat", {"field_thinking": "reasoning"}, "datasets[0].field_thinking", "cot_format.reasoning_field"),
+        ("gsm8k", {"chat_template": "chatml"}, "datasets[0].chat_template", "chat_template strategy only"),
+        ("gsm8k", {"field": "problem"}, "datasets[0].field", "cot_format.question_field"),
+        ("gsm8k", {"train_on_eos": "all"}, "datasets[0].train_on_eos", "remove it"),
+    ],
+)
+def test_axolotl_strategy_options_on_our_datasets_are_refused(workspace: dict, kind, keys, named, hint) -> None:
+    dataset = _chat_dataset(workspace, **keys) if kind == "chat" else {**gsm8k_dataset(workspace["data"]), **keys}
+    with pytest.raises(ValueError) as raised:
+        _load(workspace, "dskeys", datasets=[dataset])
+    message = str(raised.value)
+    assert f"`{named}`" in message and hint in message, message
+
+
+def test_chat_template_key_is_read_by_our_chat_strategy(workspace: dict) -> None:
+    cfg = _load(workspace, "chatkey", datasets=[_chat_dataset(workspace, chat_template="chatml")],
+                masked_thought={"ratio": 0.2})
+    assert cfg["datasets"][0]["chat_template"] == "chatml"
+
+
+def test_cot_format_keys_no_strategy_reads_are_warned_about(workspace: dict, config_warnings) -> None:
+    _load(workspace, "unread", masked_thought={"ratio": 0.2},
+          cot_format={"think_tags": ["<t>", "</t>"], "prompt_template": "plain"})
+    messages = [r.getMessage() for r in config_warnings]
+    assert any("`cot_format.think_tags` has no effect" in m and "chat_template" in m for m in messages), messages
+    assert not any("prompt_template" in m for m in messages), messages  # the gsm8k strategy reads it
+    config_warnings.clear()
+    _load(workspace, "unread_icot", datasets=[_icot_dataset(workspace)], cot_format={"prompt_template": "plain"})
+    assert any("`cot_format.prompt_template` has no effect" in r.getMessage() for r in config_warnings)
+
+
+def test_eval_accuracy_needs_evaluation_data_before_the_model_loads(workspace: dict) -> None:
+    with pytest.raises(ValueError, match=r"`cot_format.eval_accuracy_samples` needs evaluation data"):
+        _load(workspace, "acc", masked_thought={"ratio": 0.2}, cot_format={"eval_accuracy_samples": 4})
+    with pytest.raises(ValueError, match=r"`cot_format.eval_accuracy_samples` works with the `icot` and `gsm8k`"):
+        _load(workspace, "acc_chat", datasets=[_chat_dataset(workspace)], val_set_size=0.25,
+              cot_format={"eval_accuracy_samples": 4})
+    _load(workspace, "acc_ok", val_set_size=0.25, cot_format={"eval_accuracy_samples": 4})
+
+
+def test_mask_token_without_mask_token_replacement_is_refused(workspace: dict, config_warnings) -> None:
+    with pytest.raises(ValueError, match=r"`masked_thought.mask_token` is used only with `replacement: mask_token`"):
+        _load(workspace, "masktok", masked_thought={"mask_token": "[M]"})
+    with pytest.raises(ValueError, match=r"`replacement` is 'pad'"):
+        _load(workspace, "masktok_pad", masked_thought={"mask_token": "[M]", "replacement": "pad"})
+    # the default written out (the README's block lists every key): said, not refused
+    _load(workspace, "masktok_default", masked_thought={"mask_token": "<mask>", "replacement": "random"})
+    assert any("`masked_thought.mask_token` is used only with" in r.getMessage() for r in config_warnings)
+
+
+def test_removal_starting_after_the_last_epoch_is_refused(workspace: dict) -> None:
+    removal = {"tokens_per_epoch": 8, "start_epoch": 2}
+    with pytest.raises(ValueError, match=r"`cot_removal.start_epoch: 2` with `num_epochs: 2`"):
+        _load(workspace, "late", cot_removal=removal, num_epochs=2, max_steps=None)
+    _load(workspace, "late_ok", cot_removal=removal, num_epochs=3, max_steps=None)
+
+
+def test_span_needing_blocks_refuse_pretraining_data(workspace: dict) -> None:
+    pretraining = [{"path": str(workspace["data"]), "ds_type": "json", "type": "pretrain"}]
+    with pytest.raises(ValueError, match=r"`cot_removal` needs the CoT span, which `pretraining_dataset` rows"):
+        _load(workspace, "pretrain", cot_removal={"tokens_per_epoch": 8}, pretraining_dataset=pretraining)

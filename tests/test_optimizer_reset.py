@@ -26,7 +26,7 @@ import warnings
 import pytest
 import torch
 
-from axolotl_maskthought.ops.optimizer_reset import reset_optimizer_state, unwrap_optimizer
+from axolotl_maskthought.ops.optimizer_reset import record_fresh_state, reset_optimizer_state, unwrap_optimizer
 
 # --------------------------------------------------------------------------------------
 # helpers
@@ -346,6 +346,314 @@ def test_nvme_swapping_refused():
     model = _make_model()
     with pytest.raises(NotImplementedError, match="NVMe"):
         reset_optimizer_state(FakeZero3(torch.optim.AdamW(model.parameters())))
+
+
+def test_construction_state_is_restored():
+    """Entries an optimizer writes while it is built come back after a reset (Muon's
+    ``use_muon`` flags; a constant tensor is remembered as its value)."""
+
+    class Flagged(torch.optim.SGD):
+        def __init__(self, params, **kw):
+            super().__init__(params, **kw)
+            for i, p in enumerate(self.param_groups[0]["params"]):
+                self.state[p]["flag"] = i % 2 == 0
+                self.state[p]["ones"] = torch.ones(3)
+
+        def step(self):
+            for p in self.param_groups[0]["params"]:
+                assert "flag" in self.state[p]
+            return super().step()
+
+    model = _make_model()
+    opt = Flagged(model.parameters(), lr=1e-2, momentum=0.9)
+    assert record_fresh_state(opt) == 4
+    assert record_fresh_state(opt) == 0  # recorded once: later calls cannot capture learned state
+    for seed in (1, 2):
+        _set_grads(model, seed)
+        opt.step()
+    for in_place in (False, True):
+        opt.state[opt.param_groups[0]["params"][0]]["ones"].mul_(5)
+        reset_optimizer_state(opt, in_place=in_place)
+        for i, p in enumerate(opt.param_groups[0]["params"]):
+            assert opt.state[p].keys() == {"flag", "ones"}
+            assert opt.state[p]["flag"] is (i % 2 == 0)
+            assert torch.equal(opt.state[p]["ones"], torch.ones(3))
+        _set_grads(model, 3)
+        opt.step()  # fails with a KeyError-like assertion if the flags were dropped
+
+
+def test_per_parameter_state_in_param_groups_is_dropped():
+    """GrokAdamW keeps its per-parameter state in ``group["state"]``."""
+    model = _make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    record_fresh_state(opt)
+    opt.param_groups[0]["state"] = {p: {"ema": torch.ones(1)} for p in model.parameters()}
+    reset_optimizer_state(opt)
+    assert "state" not in opt.param_groups[0]
+
+
+# --------------------------------------------------------------------------------------
+# every `optimizer:` value axolotl offers, built by axolotl's own trainer builder
+# --------------------------------------------------------------------------------------
+
+
+def axolotl_optimizer_names() -> list[str]:
+    """transformers' ``OptimizerNames`` and axolotl's ``CustomSupportedOptimizers``: the
+    values axolotl's ``optimizer:`` accepts, on the installed stack."""
+    from axolotl.utils.schemas.enums import CustomSupportedOptimizers
+    from transformers.training_args import OptimizerNames
+
+    return sorted({o.value for o in OptimizerNames} | {o.value for o in CustomSupportedOptimizers})
+
+
+_LOW_RANK = {"optim_target_modules": ["self_attn", "mlp"], "optim_args": {"rank": 4, "update_proj_gap": 2}}
+# Keys some optimizers need besides `optimizer:` (axolotl or transformers fail without them).
+OPTIMIZER_SETTINGS = {
+    "dion": {"dion_lr": 0.01, "dion_momentum": 0.9},
+    "q_galore_adamw8bit": {"optim_target_modules": ["self_attn", "mlp"], "qgalore_rank": 4},
+    **{name: _LOW_RANK for name in ("galore_adamw", "galore_adamw_8bit", "galore_adafactor",
+                                    "galore_adamw_layerwise", "galore_adamw_8bit_layerwise",
+                                    "galore_adafactor_layerwise", "apollo_adamw", "apollo_adamw_layerwise")},
+}
+# Optimizers with no state to reset at this model's settings (plain SGD, LOMO).
+STATELESS = {"sgd", "lomo"}
+# The package a verified optimizer comes from, where it is not a dependency of axolotl.
+OPTIMIZER_PACKAGES = {
+    "galore": "galore_torch",
+    "apollo": "apollo_torch",
+    "lomo": "lomo_optim",
+    "grokadamw": "grokadamw",
+    "optimi_adamw": "optimi",
+    "came_pytorch": "came_pytorch",
+    "scao": "scao",
+}
+
+
+def _missing_package(name: str) -> str | None:
+    for prefix, module in OPTIMIZER_PACKAGES.items():
+        if name.startswith(prefix) and not _optional(module):
+            return module
+    return None
+
+
+@pytest.fixture(scope="module")
+def optimizer_workspace(tmp_path_factory, shared_data):
+    import axolotl_run
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("optimizers")
+    rows = axolotl_run.read_jsonl(shared_data / "gsm8k" / "train.jsonl", limit=8)
+    model_dir = axolotl_run.build_base_model(root / "model", [r["question"] + r["answer"] for r in rows],
+                                             vocab_size=300)
+    return {
+        "root": root,
+        "model_dir": model_dir,
+        "base": AutoModelForCausalLM.from_pretrained(str(model_dir)),
+        "data": axolotl_run.write_jsonl(root / "gsm8k.jsonl", rows),
+        "train": Dataset.from_dict({"input_ids": [[1, 5, 9, 13]] * 4, "labels": [[1, 5, 9, 13]] * 4,
+                                    "attention_mask": [[1, 1, 1, 1]] * 4}),
+    }
+
+
+def _config(ws, name: str, **extra):
+    import axolotl_run
+
+    return axolotl_run.write_config(
+        ws["root"] / f"{name}.yml", ws["model_dir"], [axolotl_run.gsm8k_dataset(ws["data"])], ws["root"] / name,
+        optimizer=name, cot_removal={"tokens_per_epoch": 8}, **{**OPTIMIZER_SETTINGS.get(name, {}), **extra},
+    )
+
+
+def build_through_axolotl(ws, name: str):
+    """(model, optimizer) as ``axolotl train`` builds them for ``optimizer: name``: the config
+    validated by axolotl, the trainer from axolotl's builder (ours, as the plugin picks it),
+    the optimizer from its ``create_optimizer``."""
+    import copy
+
+    import axolotl_run
+    from axolotl.cli.config import load_cfg
+    from axolotl.loaders import load_tokenizer
+    from axolotl.utils.trainer import setup_trainer
+
+    from axolotl_maskthought.adapters.axolotl.trainer import MaskThoughtTrainer
+
+    axolotl_run.reset_plugins()
+    cfg = load_cfg(str(_config(ws, name)))
+    model = copy.deepcopy(ws["base"])
+    trainer = setup_trainer(cfg, ws["train"], None, model, load_tokenizer(cfg), None, 10)
+    assert isinstance(trainer, MaskThoughtTrainer)
+    optimizer = trainer.create_optimizer()
+    if callable(getattr(optimizer, "train", None)):
+        optimizer.train()  # what the HF Trainer does before each training step (schedule-free)
+    return model, optimizer
+
+
+def _train_step(model, optimizer, seed: int) -> None:
+    """One step on a seeded batch, through backward (layer-wise optimizers step in gradient
+    hooks, LOMO inside its fused backward). The global RNG is seeded too (Dion draws its
+    initial projections from it)."""
+    torch.manual_seed(seed)
+    batch = torch.randint(4, 290, (2, 12), generator=torch.Generator().manual_seed(seed))
+    loss = model(input_ids=batch, labels=batch).loss
+    if hasattr(optimizer, "fused_backward"):
+        optimizer.fused_backward(loss, 1e-3)
+        return
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def _copy(value):
+    """A copy to compare later; quantized state tensors (torchao) by their values."""
+    import copy
+
+    if isinstance(value, torch.Tensor):
+        if type(value) is not torch.Tensor and hasattr(value, "dequantize"):
+            return ("quantized", type(value).__name__, value.dequantize().clone())
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_copy(v) for v in value)
+    try:
+        return copy.deepcopy(value)
+    except Exception:  # noqa: BLE001 - compared by type only
+        return value
+
+
+def _optimizer_state(model, optimizer) -> dict:
+    """Everything the optimizer holds but its parameters: per-parameter state by parameter
+    name, of every optimizer in it (layer-wise ones included), and its param groups."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    inner = unwrap_optimizer(optimizer)[-1]
+    owners = [inner] + list(getattr(inner, "optimizer_dict", {}).values())
+    state = {}
+    for index, owner in enumerate(owners):
+        for param, entry in owner.state.items():
+            if entry:  # an empty entry is what a defaultdict lookup leaves: no state
+                state[(index, names.get(id(param), "?"))] = _copy(dict(entry))
+        state[(index, "param_groups")] = [
+            _copy({k: v for k, v in group.items() if k != "params"}) for group in owner.param_groups
+        ]
+    return state
+
+
+def _assert_same(got, want, where: str = "state") -> None:
+    if isinstance(want, torch.Tensor):
+        assert isinstance(got, torch.Tensor), where
+        assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(got, want), where
+    elif isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), f"{where}: {sorted(map(str, got))} != {sorted(map(str, want))}"
+        for key in want:
+            _assert_same(got[key], want[key], f"{where}[{key!r}]")
+    elif isinstance(want, (list, tuple)):
+        assert type(got) is type(want) and len(got) == len(want), where
+        for index, (a, b) in enumerate(zip(got, want)):
+            _assert_same(a, b, f"{where}[{index}]")
+    elif callable(want) or type(want).__module__ not in ("builtins",):
+        assert type(got) is type(want), where  # functions, projector objects, ...
+    else:
+        assert got == want, f"{where}: {got!r} != {want!r}"
+
+
+def _differs(a, b) -> bool:
+    try:
+        _assert_same(a, b)
+    except AssertionError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("name", axolotl_optimizer_names())
+def test_every_axolotl_optimizer_resets_to_a_fresh_one(optimizer_workspace, name):
+    """For each `optimizer:` value axolotl offers: after a reset the optimizer axolotl built
+    holds exactly what a freshly built one holds, and its next step equals the fresh one's.
+    Values that cannot run here must really not run (else they belong in RESET_VERIFIED);
+    refused ones are refused by the config check (see test_config)."""
+    from axolotl_maskthought.adapters.axolotl.optimizer_support import reset_support
+
+    ws = optimizer_workspace
+    support, reason = reset_support(name)
+    assert support != "unknown", (
+        f"axolotl offers `optimizer: {name}`, which adapters/axolotl/optimizer_support.py does not "
+        "list: run this test with its package installed and add it to one table"
+    )
+    if support == "refused":
+        import axolotl_run
+        from axolotl.cli.config import load_cfg
+
+        axolotl_run.reset_plugins()
+        with pytest.raises(ValueError, match=rf"`optimizer: {name}`.*`cot_removal.reset_optimizer"):
+            load_cfg(str(_config(ws, name)))
+        return
+    missing = _missing_package(name) if support == "verified" else None
+    if missing:
+        pytest.skip(f"`optimizer: {name}` needs {missing}, which is not installed")
+    try:
+        model, optimizer = build_through_axolotl(ws, name)
+        for seed in (1, 2, 3):
+            _train_step(model, optimizer, seed)
+    except Exception:  # noqa: BLE001
+        if support == "unverified":
+            return  # as optimizer_support says: it does not build or step on this machine
+        raise
+    assert support == "verified", (
+        f"`optimizer: {name}` builds and steps here, but optimizer_support lists it as unverified "
+        f"({reason}): check its reset with this test and move it to RESET_VERIFIED"
+    )
+    fresh_model, fresh = build_through_axolotl(ws, name)
+    fresh_state = _optimizer_state(fresh_model, fresh)
+    before = _optimizer_state(model, optimizer)
+    assert _differs(before, fresh_state) == (name not in STATELESS), name
+
+    reset_optimizer_state(optimizer)
+    inner = unwrap_optimizer(optimizer)[-1]
+    in_place = type(inner).__module__.startswith("bitsandbytes")  # zeroed in place, not emptied
+    if not in_place:
+        _assert_same(_optimizer_state(model, optimizer), fresh_state, f"{name} after reset")
+    with torch.no_grad():
+        for p, q in zip(fresh_model.parameters(), model.parameters()):
+            p.copy_(q)
+    _train_step(model, optimizer, 99)
+    _train_step(fresh_model, fresh, 99)
+    assert _max_diff(_snapshot(model), _snapshot(fresh_model)) == 0, name
+    if in_place:
+        reset_optimizer_state(optimizer, in_place=False)
+        fresh_model2, fresh2 = build_through_axolotl(ws, name)
+        _assert_same(_optimizer_state(model, optimizer), _optimizer_state(fresh_model2, fresh2), f"{name} after reset")
+
+
+def test_axolotl_train_with_muon_passes_the_reset(tmp_path):
+    """A user's case: `optimizer: muon` with `cot_removal`. Muon marks each parameter
+    `use_muon` while it is built; the first reset dropped the marks and the next step
+    failed with ``KeyError: 'use_muon'``. Now training goes on past two resets, and the
+    marks are what Muon's factory wrote: True for the 2-D weights, False for the
+    embeddings and the LM head."""
+    import axolotl_run
+
+    from axolotl_maskthought.data import generate_multiplication, write_lines
+
+    lines = list(dict.fromkeys(generate_multiplication(3, 3, 20, seed=5)))[:16]
+    data = tmp_path / "mult.txt"
+    write_lines(data, lines)
+    base = axolotl_run.build_base_model(tmp_path / "model", lines, vocab_size=256, hidden=32, layers=1, heads=2)
+    config = axolotl_run.write_config(
+        tmp_path / "muon.yml", base, [{"path": str(data), "type": "axolotl_maskthought.strategies.icot"}],
+        tmp_path / "out", optimizer="muon", max_steps=5,
+        # 4 micro-batches an epoch, a token every 2: the count grows at steps 2 and 4
+        cot_removal={"tokens_per_epoch": 2, "smoothing_lambda": None},
+    )
+    run = axolotl_run.run_in_process(config)
+    assert run.trainer.state.global_step == 5
+    resets = [entry["step"] - 1 for entry in run.log_history if entry.get("cot_removal/optimizer_reset")]
+    assert resets == [2, 4]
+    optimizer = unwrap_optimizer(run.trainer.optimizer)[-1]
+    assert type(optimizer).__name__ == "Muon"
+    names = {id(p): n for n, p in run.trainer.model.named_parameters()}
+    marks = {names[id(p)]: optimizer.state[p].get("use_muon") for g in optimizer.param_groups for p in g["params"]}
+    assert marks and None not in marks.values(), marks
+    assert {n for n, m in marks.items() if not m} == {"model.embed_tokens.weight", "lm_head.weight"}
 
 
 # --------------------------------------------------------------------------------------

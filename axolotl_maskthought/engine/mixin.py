@@ -147,6 +147,14 @@ class MaskThoughtMixin:
         if self._signature_columns is not None and COT_MASK not in self._signature_columns:
             self._signature_columns = list(self._signature_columns) + [COT_MASK]
 
+    def create_optimizer(self, *args, **kwargs):
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if optimizer is not None and self.cot_removal is not None and self.cot_removal.reset_optimizer:
+            from ..ops.optimizer_reset import record_fresh_state
+
+            record_fresh_state(optimizer)  # what a reset goes back to (Muon's use_muon, Adagrad's sum, ...)
+        return optimizer
+
     # ---- schedule ---------------------------------------------------------------
     def get_train_dataloader(self):
         dataloader = super().get_train_dataloader()
