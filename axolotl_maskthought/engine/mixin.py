@@ -149,7 +149,7 @@ class MaskThoughtMixin:
 
     def create_optimizer(self, *args, **kwargs):
         optimizer = super().create_optimizer(*args, **kwargs)
-        if optimizer is not None and self.cot_removal is not None and self.cot_removal.reset_optimizer:
+        if optimizer is not None:  # also before configure_maskthought: recording is cheap and once only
             from ..ops.optimizer_reset import record_fresh_state
 
             record_fresh_state(optimizer)  # what a reset goes back to (Muon's use_muon, Adagrad's sum, ...)
