@@ -2,6 +2,8 @@
 
 from setuptools import find_packages, setup
 
+OPTIMIZER_PACKAGES = ["galore-torch", "apollo-torch", "lomo-optim", "grokadamw", "torch-optimi", "came-pytorch", "scao"]
+
 setup(
     name="axolotl-maskthought",
     version="0.1.0",
@@ -25,8 +27,11 @@ setup(
     extras_require={
         # openai-whisper ships GPT-2's BPE ranks (whisper/assets/gpt2.tiktoken): the tests
         # check the ICoT layout on GPT-2's real tokenizer, offline.
-        "tests": ["pytest>=8", "matplotlib", "openai-whisper"],
-        "dev": ["pytest>=8", "matplotlib", "openai-whisper"],
+        # the optimizers axolotl offers whose packages it does not install: the tests check
+        # that a CoT-removal reset returns each to a freshly built one
+        "optimizers": OPTIMIZER_PACKAGES,
+        "tests": ["pytest>=8", "matplotlib", "openai-whisper", *OPTIMIZER_PACKAGES],
+        "dev": ["pytest>=8", "matplotlib", "openai-whisper", *OPTIMIZER_PACKAGES],
         "plot": ["matplotlib"],
         "deepspeed": ["deepspeed>=0.17"],
         "flash-attn": ["flash-attn>=2.6"],
