@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from axolotl_maskthought import schedule
+from axolotl_maskthought.ops import schedule
 from axolotl_maskthought.ops.schedule import REMOVE_ALL
 
 INF = float("inf")
