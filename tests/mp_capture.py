@@ -40,7 +40,7 @@ FA_VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_
 RECORD: dict = {}  # filled by RecordInProcess during train_in_process
 
 CAPTURE_DIR_ENV = "MASKTHOUGHT_CAPTURE_DIR"
-CPU_DEVICE_MAP_ENV = "MASKTHOUGHT_CAPTURE_CPU_DEVICE_MAP"
+CPU_ONLY_ENV = "MASKTHOUGHT_CAPTURE_CPU_ONLY"
 
 
 def _digest(tensor) -> str:
@@ -62,27 +62,71 @@ def _param_checksum(model) -> str:
     return digest.hexdigest()[:16]
 
 
+def _rebind(replacements: dict) -> None:
+    """Every module of the package that holds one of the pure functions (its own module,
+    or one that imported the name) gets the recording wrapper instead; the wrapper
+    calls the original."""
+    by_id = {id(original): wrapper for original, wrapper in replacements.items()}
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith("axolotl_maskthought"):
+            continue
+        for attribute, value in list(vars(module).items()):
+            if id(value) in by_id:
+                setattr(module, attribute, by_id[id(value)])
+
+
+def _answer_p2p_probe_without_cuda() -> None:
+    """Makes ``axolotl.utils.environment.check_cuda_p2p_support`` return True, as it
+    does for a CPU build of torch, when ``torch.cuda.is_available()`` is False; with a
+    CUDA device it asks torch as before. Test harness only (see ``CapturePerRank.register``)."""
+    import torch
+    from axolotl.utils import environment
+
+    probe = environment.check_cuda_p2p_support
+    if getattr(probe, "_no_cuda_answer", False):
+        return
+
+    def check_cuda_p2p_support() -> bool:
+        if not torch.cuda.is_available():
+            return True
+        return probe()
+
+    check_cuda_p2p_support._no_cuda_answer = True
+    environment.check_cuda_p2p_support = check_cuda_p2p_support
+    print(f"[mp_capture] {CPU_ONLY_ENV}=1: axolotl's CUDA P2P probe answers True when torch sees no CUDA device",
+          file=sys.stderr)
+
+
 class CapturePerRank(BasePlugin):
     def __init__(self):
         super().__init__()
         self.trainer = None
         self.record = {"resets": [], "mask_hashes": {}, "removed": {}}
 
+    def register(self, cfg):
+        # CPU only: with WORLD_SIZE > 1, axolotl's prepare_optim_env (run by load_cfg
+        # after this hook) asks torch.cuda.can_device_access_peer(rank, other rank) and
+        # falls back to "P2P fine" only on AssertionError, which is what a CPU build of
+        # torch raises. A CUDA build (axolotl 0.21's torch from PyPI) on a machine with
+        # no NVIDIA driver raises RuntimeError("Found no NVIDIA driver ...") instead and
+        # the run dies. With no CUDA device, the probe answers as on a CPU build.
+        if os.environ.get(CPU_ONLY_ENV) == "1":
+            _answer_p2p_probe_without_cuda()
+
     def load_datasets(self, cfg, preprocess: bool = False):
-        # CPU only: with WORLD_SIZE > 1 axolotl 0.19's normalize_config pins
-        # `device_map = {"": LOCAL_RANK}` (axolotl/utils/config/__init__.py:229-230), an
-        # accelerator ordinal that transformers refuses without one ("Cannot access
+        # CPU only: with WORLD_SIZE > 1 axolotl's normalize_config pins
+        # `device_map = {"": LOCAL_RANK}` (0.19: axolotl/utils/config/__init__.py:229-230),
+        # an accelerator ordinal that transformers refuses without one ("Cannot access
         # accelerator device when none is available"). This is the last hook that runs
         # before the model loader reads cfg.device_map; the model stays on the CPU.
-        if os.environ.get(CPU_DEVICE_MAP_ENV) == "1":
+        if os.environ.get(CPU_ONLY_ENV) == "1":
             cfg.device_map = "cpu"
         return None
 
     def post_trainer_create(self, cfg, trainer):
-        from axolotl_maskthought.engine import mixin as trainer_module
-        from axolotl_maskthought.ops import optimizer_reset
-
         import torch.distributed as dist
+
+        from axolotl_maskthought.ops import masking, optimizer_reset, removal
 
         self.trainer = trainer
         record = self.record
@@ -94,14 +138,14 @@ class CapturePerRank(BasePlugin):
         def current_step() -> str:
             return str(trainer.state.global_step)
 
-        original_mask = trainer_module.mask_thought
+        original_mask = masking.mask_thought
 
         def recording_mask(*args, **kwargs):
             masked, positions = original_mask(*args, **kwargs)
             record["mask_hashes"].setdefault(current_step(), []).append(_digest(positions))
             return masked, positions
 
-        original_remove = trainer_module.remove_cot
+        original_remove = removal.remove_cot
 
         def recording_remove(*args, **kwargs):
             result = original_remove(*args, **kwargs)
@@ -114,9 +158,7 @@ class CapturePerRank(BasePlugin):
             record["resets"].append(trainer.state.global_step)
             return original_reset(optimizer, *args, **kwargs)
 
-        trainer_module.mask_thought = recording_mask
-        trainer_module.remove_cot = recording_remove
-        optimizer_reset.reset_optimizer_state = recording_reset
+        _rebind({original_mask: recording_mask, original_remove: recording_remove, original_reset: recording_reset})
 
     def post_train(self, cfg, model):
         # Called twice by axolotl; the second write has the same content.

@@ -7,17 +7,24 @@ optimizer at the same steps (else DDP would hang on the collective in the reset
 check, or the replicas would drift apart), while the masks and the smoothing
 offsets, drawn per rank, differ.
 
-Two things only CPU needs, both set in the environment of this test:
+Three things only a CPU-only machine needs, set in the environment of this test:
 - ``ACCELERATE_USE_CPU=true``: without it transformers' TrainingArguments builds
   accelerate's ``PartialState`` without ``cpu=True``, accelerate then finds no GPU
   backend (accelerate/state.py ``_prepare_backend``), ``parallel_mode`` is not
   DISTRIBUTED and each process trains alone on the whole dataset (no DDP, no
   distributed sampler).
-- ``MASKTHOUGHT_CAPTURE_CPU_DEVICE_MAP=1``: axolotl 0.19 sets ``device_map =
-  {"": LOCAL_RANK}`` whenever WORLD_SIZE > 1 (axolotl/utils/config/__init__.py:229-230);
-  on CPU transformers refuses the ordinal ("Cannot access accelerator device when
-  none is available", transformers/modeling_utils.py:5026). The capture plugin puts
-  the model on the CPU instead.
+- ``MASKTHOUGHT_CAPTURE_CPU_ONLY=1``, two workarounds in the capture plugin:
+  - axolotl sets ``device_map = {"": LOCAL_RANK}`` whenever WORLD_SIZE > 1
+    (0.19: axolotl/utils/config/__init__.py:229-230); on CPU transformers refuses the
+    ordinal ("Cannot access accelerator device when none is available",
+    transformers/modeling_utils.py:5026). The plugin puts the model on the CPU instead.
+  - axolotl's start-up P2P probe (``utils/environment.py: check_cuda_p2p_support``,
+    run by ``prepare_optim_env`` in every rank) calls
+    ``torch.cuda.can_device_access_peer`` and tolerates only the AssertionError of a CPU
+    build of torch. The 0.21 stack's torch from PyPI is a CUDA build, which raises
+    "Found no NVIDIA driver" on this machine; the plugin makes the probe answer as on
+    a CPU build when torch sees no CUDA device. No environment variable of axolotl or
+    torch avoids the call; a CPU user of 0.21 installs the CPU build of torch instead.
 """
 
 from __future__ import annotations
@@ -79,7 +86,7 @@ def ranks(tmp_path_factory) -> list[dict]:
         **OFFLINE_ENV,
         "OMP_NUM_THREADS": "1",
         "ACCELERATE_USE_CPU": "true",
-        "MASKTHOUGHT_CAPTURE_CPU_DEVICE_MAP": "1",
+        "MASKTHOUGHT_CAPTURE_CPU_ONLY": "1",
         "MASKTHOUGHT_CAPTURE_DIR": str(capture),
         "MASTER_PORT": "29517",
     }

@@ -1,8 +1,9 @@
 """What the package relies on in axolotl and transformers, checked on the installed versions.
 
-The supported range is in setup.py; 0.20.0 and 0.21.0 were read from their wheels
-(see the versions report). These tests fail early, with the name of what moved, when
-the package is installed next to a newer axolotl.
+CI runs the suite on both supported stacks (README "Install: two supported stacks"): the
+README's tested-with row of the stack in use must be what is installed, and setup.py's
+axolotl range must admit exactly the tested releases. The import, hook and method checks
+fail early, with the name of what moved, when the package is installed next to another axolotl.
 """
 
 from __future__ import annotations
@@ -32,14 +33,63 @@ AXOLOTL_IMPORTS = [
 ]
 
 
-def test_installed_axolotl_is_in_the_supported_range():
-    from importlib.metadata import version
-
+def _axolotl_range():
     from packaging.specifiers import SpecifierSet
 
     setup = (REPO_ROOT / "setup.py").read_text()
-    spec = re.search(r'"axolotl([<>=!~][^"]*)"', setup).group(1)
-    assert version("axolotl") in SpecifierSet(spec), f"axolotl {version('axolotl')} outside {spec}"
+    return SpecifierSet(re.search(r'"axolotl([<>=!~][^"]*)"', setup).group(1))
+
+
+def _tested_with() -> list[dict[str, str]]:
+    """The README's tested-with table: one dict per stack, column name -> version."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    lines = [line for line in readme.splitlines() if line.startswith("| stack | Python | axolotl |")]
+    assert len(lines) == 1, "README: one tested-with table, header `| stack | Python | axolotl | ...`"
+    rows = readme.splitlines()
+    start = rows.index(lines[0])
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    table = []
+    for row in rows[start + 2:]:
+        if not row.startswith("|"):
+            break
+        table.append(dict(zip(header, (cell.strip() for cell in row.strip("|").split("|")))))
+    return table
+
+
+def test_installed_axolotl_is_in_the_supported_range():
+    from importlib.metadata import version
+
+    assert version("axolotl") in _axolotl_range(), f"axolotl {version('axolotl')} outside {_axolotl_range()}"
+
+
+def test_supported_range_admits_exactly_the_tested_minor_releases():
+    from packaging.version import Version
+
+    tested = {Version(row["axolotl"]).release[:2] for row in _tested_with()}
+    spec = _axolotl_range()
+    lowest, highest = min(tested), max(tested)
+    for minor in range(lowest[1] - 1, highest[1] + 2):
+        release = (lowest[0], minor)
+        admitted = f"{release[0]}.{release[1]}.0" in spec
+        assert admitted == (release in tested), (
+            f"setup.py's axolotl range {spec} {'admits' if admitted else 'excludes'} "
+            f"{release[0]}.{release[1]}, which the README's tested-with table "
+            f"{'does not list' if admitted else 'lists'}")
+
+
+def test_readme_tested_with_row_is_this_environment():
+    import platform
+    from importlib.metadata import version
+
+    rows = {row["axolotl"]: row for row in _tested_with()}
+    assert version("axolotl") in rows, f"axolotl {version('axolotl')} has no row in the README's tested-with table"
+    row = rows[version("axolotl")]
+    assert row["Python"] == ".".join(platform.python_version_tuple()[:2]), f"Python {platform.python_version()}"
+    for package, expected in row.items():
+        if package in ("stack", "Python"):
+            continue
+        assert version(package) == expected, (
+            f"{package} {version(package)} installed; the README's tested-with row says {expected}")
 
 
 @pytest.mark.parametrize("module, name", AXOLOTL_IMPORTS)
