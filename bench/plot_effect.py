@@ -1,0 +1,57 @@
+"""Held-out accuracy against the optimizer step, from ``bench/effect.py`` results.
+
+Reads the ``curve`` of every run in one or more ``effect_result.json`` files (the
+in-training accuracy callback, ``cot_format.eval_accuracy_samples``, on the
+validation split) and draws one line per run, one colour per method.
+
+    python bench/plot_effect.py OUT.png RESULT.json [RESULT.json ...] --methods cot,mft_0.2 --mode cot
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+METRIC = {"cot": "eval_accuracy_cot", "no_cot": "eval_accuracy_no_cot"}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("output")
+    parser.add_argument("results", nargs="+")
+    parser.add_argument("--methods", required=True, help="comma-separated, in legend order")
+    parser.add_argument("--labels", help="comma-separated legend names (default: the method names)")
+    parser.add_argument("--mode", choices=sorted(METRIC), default="cot", help="with or without CoT at generation")
+    parser.add_argument("--title", default="")
+    args = parser.parse_args(argv)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = args.methods.split(",")
+    labels = dict(zip(methods, args.labels.split(",") if args.labels else methods))
+    runs = [run for path in args.results for run in json.loads(Path(path).read_text())["runs"]]
+    figure, axis = plt.subplots(figsize=(5, 3.2))
+    for index, method in enumerate(methods):
+        mine = sorted((run for run in runs if run["method"] == method), key=lambda run: run["seed"])
+        for number, run in enumerate(mine):
+            points = [(entry["step"], entry[METRIC[args.mode]]) for entry in run["curve"] if METRIC[args.mode] in entry]
+            if points:
+                steps, values = zip(*points)
+                axis.plot(steps, values, color=f"C{index}", alpha=0.8, linewidth=1.2, marker=".",
+                          label=f"{labels[method]} ({len(mine)} seeds)" if number == 0 else None)
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel(f"validation accuracy ({'with' if args.mode == 'cot' else 'no'} CoT)")
+    axis.set_ylim(-0.02, 1.02)
+    axis.set_title(args.title, fontsize=9)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(args.output, dpi=80)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
