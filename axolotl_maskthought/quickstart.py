@@ -3,7 +3,7 @@
 Builds a tiny GPT-2 and a tokenizer on the spot, generates multiplication
 problems in the ICoT format, fine-tunes through axolotl with this plugin (one
 run per method, same model, data and optimizer steps), scores each on held-out
-problems and says, from those numbers, whether the technique beat its baseline:
+problems and says, from those numbers, whether the technique beat its baseline.
 
 * default: Masked Thought against plain CoT fine-tuning (SFT), both answering
   with their chain of thought, on few training problems seen for many epochs
@@ -98,9 +98,9 @@ FULL = Comparison(
 # --long: the Stepwise Internalization recipe of examples/yaml/cpu_multiplication_icot_si.yml.
 LONG = Comparison(
     "Stepwise Internalization vs no-CoT training, answering with NO CoT",
-    NO_COT, stepwise_internalization(tokens_per_epoch=3, start_epoch=1),
-    Sizes(a_digits=3, b_digits=3, train_rows=16000, test_rows=500, epochs=10, micro_batch_size=32,
-          learning_rate=1e-3, hidden=128, layers=2, heads=4, eval_steps=500, eval_accuracy_samples=100),
+    NO_COT, stepwise_internalization(tokens_per_epoch=1.5, start_epoch=4),
+    Sizes(a_digits=3, b_digits=3, train_rows=8000, test_rows=500, epochs=24, micro_batch_size=32,
+          learning_rate=1e-3, hidden=128, layers=3, heads=4, eval_steps=500, eval_accuracy_samples=100),
 )
 _TOY = Sizes(a_digits=2, b_digits=2, train_rows=256, test_rows=32, epochs=2, micro_batch_size=16, learning_rate=1e-3,
              hidden=32, layers=1, heads=2, eval_steps=16, eval_accuracy_samples=16, val_rows=16)
@@ -408,7 +408,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "quickstart",
         help="train tiny models with and without a technique, on this CPU, and say whether it helped",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        description=__doc__.split("\n\n")[1] + " Default: Masked Thought vs SFT; --long: Stepwise "
+        "Internalization vs no-CoT training; --quick: both at toy size." if __doc__ else None,
     )
     parser.add_argument("--output", default="maskthought-quickstart", help="directory for data, model, configs, plot")
     parser.add_argument("--quick", action="store_true", help="toy-sized runs of both comparisons (CI smoke test)")

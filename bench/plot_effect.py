@@ -4,7 +4,7 @@ Reads the ``curve`` of every run in one or more ``effect_result.json`` files (th
 in-training accuracy callback, ``cot_format.eval_accuracy_samples``, on the
 validation split) and draws one line per run, one colour per method.
 
-    python bench/plot_effect.py OUT.png RESULT.json [RESULT.json ...] --methods cot,mft_0.2 --mode cot
+    python bench/plot_effect.py OUT.png RESULT.json|LOG [...] --methods cot,mft_0.2 --mode cot
 """
 
 from __future__ import annotations
@@ -14,6 +14,13 @@ import json
 from pathlib import Path
 
 METRIC = {"cot": "eval_accuracy_cot", "no_cot": "eval_accuracy_no_cot"}
+
+
+def read_runs(path: Path) -> list[dict]:
+    """The runs of an ``effect_result.json``, or the per-run JSON lines ``effect.py`` prints (its log)."""
+    if path.suffix == ".json":
+        return json.loads(path.read_text())["runs"]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith('{"method"')]
 
 
 def main(argv=None) -> None:
@@ -33,7 +40,7 @@ def main(argv=None) -> None:
 
     methods = args.methods.split(",")
     labels = dict(zip(methods, args.labels.split(",") if args.labels else methods))
-    runs = [run for path in args.results for run in json.loads(Path(path).read_text())["runs"]]
+    runs = [run for path in args.results for run in read_runs(Path(path))]
     figure, axis = plt.subplots(figsize=(5, 3.2))
     for index, method in enumerate(methods):
         mine = sorted((run for run in runs if run["method"] == method), key=lambda run: run["seed"])
@@ -42,7 +49,7 @@ def main(argv=None) -> None:
             if points:
                 steps, values = zip(*points)
                 axis.plot(steps, values, color=f"C{index}", alpha=0.8, linewidth=1.2, marker=".",
-                          label=f"{labels[method]} ({len(mine)} seeds)" if number == 0 else None)
+                          label=f"{labels[method]} ({len(mine)} seed{'s' if len(mine) > 1 else ''})" if number == 0 else None)
     axis.set_xlabel("optimizer step")
     axis.set_ylabel(f"validation accuracy ({'with' if args.mode == 'cot' else 'no'} CoT)")
     axis.set_ylim(-0.02, 1.02)
