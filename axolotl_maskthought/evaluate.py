@@ -484,6 +484,8 @@ def run_eval(args) -> int:
         raise ValueError(f"unknown backend {args.backend!r}: expected one of {', '.join(BACKENDS)}")
     if not args.model and not args.config:
         raise _command_error("eval needs a MODEL directory or --config CFG.yml")
+    if args.keep_position and not args.no_cot:
+        raise _command_error("--keep-position shifts the positions of no-CoT prompts: it needs --no-cot")
     resolved = _resolve(args)
     settings, fmt = resolved["settings"], resolved["format"]
     examples = load_examples(args.data, fmt, resolved["cot_format"], limit=args.limit)
@@ -499,10 +501,11 @@ def run_eval(args) -> int:
         model, tokenizer, lora_request = load_vllm(model_path, base_model, tokenizer_path, args.dtype)
     else:
         model, tokenizer = load_model_and_tokenizer(model_path, base_model, tokenizer_path, args.dtype)
-    keep_position = bool(args.no_cot and settings.get("keep_position"))
+    keep_position = bool(args.no_cot and (args.keep_position or settings.get("keep_position")))
     if keep_position:
-        print(f"note: {args.config}: `cot_removal.keep_position` is on: no-CoT positions after the question are "
-              "shifted by each example's CoT length, as in training", file=sys.stderr)
+        source = "--keep-position" if args.keep_position else f"{args.config}: `cot_removal.keep_position`"
+        print(f"note: {source}: no-CoT positions after the question are shifted by each example's CoT length, "
+              "as in training", file=sys.stderr)
     result = evaluate_model(model, tokenizer, examples, fmt, resolved["template"], args.no_cot, args.batch_size,
                             args.max_new_tokens, progress=not args.no_progress, lora_request=lora_request,
                             keep_position=keep_position)
@@ -563,6 +566,9 @@ def register(subparsers) -> None:
         "(gsm8k: number after '#### ' within 1e-4; icot: exact answer after '####').")
     evaluate.add_argument("model", nargs="?", help="axolotl output dir (full weights or LoRA adapter) or model dir")
     _common_flags(evaluate)
+    evaluate.add_argument("--keep-position", action="store_true",
+                          help="with --no-cot: number positions as `cot_removal.keep_position` trained them "
+                               "(default: from --config)")
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument("--max-new-tokens", type=int, default=512)
     evaluate.add_argument("--backend", default="transformers", help="transformers (default) or vllm")

@@ -118,3 +118,10 @@ def test_eval_cli_applies_keep_position_from_the_config(tmp_path, capsys):
         results[keep] = json.loads((out / "summary.json").read_text())
     assert results[True]["keep_position"] is True and results[False]["keep_position"] is False
     assert "keep_position" in capsys.readouterr().err
+    # the flag does the same without a config; without --no-cot it is refused, not ignored
+    out = tmp_path / "out_flag"
+    assert main(["eval", str(model_dir), "--data", str(data), "--no-cot", "--keep-position", "--max-new-tokens", "4",
+                 "--output", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "summary.json").read_text())["keep_position"] is True
+    assert main(["eval", str(model_dir), "--data", str(data), "--keep-position", "--no-progress"]) == 2
+    assert "--keep-position" in capsys.readouterr().err
