@@ -246,8 +246,7 @@ def _series(history: list[dict], key: str) -> list[list[float]]:
     return [[entry["step"], entry[key]] for entry in history if key in entry]
 
 
-def run(output: Path, comparisons: list[Comparison], seed: int = 42, verbose: bool = False,
-        terminal=None) -> dict:
+def run(output: Path, comparisons: list[Comparison], seed: int = 42, terminal=None) -> dict:
     """Train and score every comparison; write ``results.json``; return the summary."""
     say = _printer(terminal or sys.stdout)
     for key, value in OFFLINE_ENV.items():
@@ -387,7 +386,7 @@ def command(args: argparse.Namespace) -> int:
     print(f"quickstart{' --quick (a pipeline check, not a result)' if args.quick else ''}: "
           f"tiny runs through axolotl on this CPU; library output goes to {log_path}", flush=True)
     with _quiet(log_path, args.verbose) as terminal:
-        summary = run(output, comparisons, seed=args.seed, verbose=args.verbose, terminal=terminal)
+        summary = run(output, comparisons, seed=args.seed, terminal=terminal)
     for comparison in summary["comparisons"]:
         print(f"\n{comparison['title']} ({comparison['task']}, seed {summary['seed']}, greedy decoding):")
         print(format_table(comparison["results"]))

@@ -11,15 +11,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 METRIC = {"cot": "eval_accuracy_cot", "no_cot": "eval_accuracy_no_cot"}
 
 
-def read_runs(path: Path) -> list[dict]:
-    """The runs of an ``effect_result.json``, or the per-run JSON lines ``effect.py`` prints (its log)."""
+def read_runs(path: Path, every: int = 0) -> list[dict]:
+    """The runs of an ``effect_result.json``, or the per-run JSON lines ``effect.py`` prints (its log).
+
+    ``every`` > 0 reads instead the training log ``METHOD_sSEED.log`` of a run stopped before its
+    end (no record yet): its k-th accuracy line (from 0) is the evaluation at step ``k * every``."""
     if path.suffix == ".json":
         return json.loads(path.read_text())["runs"]
+    if every:
+        import ast
+
+        method, seed = re.fullmatch(r"(.+)_s(\d+)\.log", path.name).groups()
+        lines = re.findall(r"\{'eval_accuracy_cot'[^}]*\}", path.read_text())
+        curve = []
+        for k, line in enumerate(lines):
+            entry = ast.literal_eval(line)
+            curve.append({"step": k * every, "eval_accuracy_cot": float(entry["eval_accuracy_cot"]),
+                          "eval_accuracy_no_cot": float(entry["eval_accuracy_no_cot"])})
+        return [{"method": method, "seed": int(seed), "curve": curve}]
     return [json.loads(line) for line in path.read_text().splitlines() if line.startswith('{"method"')]
 
 
@@ -31,6 +46,8 @@ def main(argv=None) -> None:
     parser.add_argument("--labels", help="comma-separated legend names (default: the method names)")
     parser.add_argument("--mode", choices=sorted(METRIC), default="cot", help="with or without CoT at generation")
     parser.add_argument("--title", default="")
+    parser.add_argument("--partial-every", type=int, default=0,
+                        help="read .log files as training logs of unfinished runs, evaluated every N steps")
     args = parser.parse_args(argv)
 
     import matplotlib
@@ -40,7 +57,8 @@ def main(argv=None) -> None:
 
     methods = args.methods.split(",")
     labels = dict(zip(methods, args.labels.split(",") if args.labels else methods))
-    runs = [run for path in args.results for run in read_runs(Path(path))]
+    runs = [run for path in args.results
+            for run in read_runs(Path(path), args.partial_every if re.search(r"_s\d+\.log$", path) else 0)]
     figure, axis = plt.subplots(figsize=(5, 3.2))
     for index, method in enumerate(methods):
         mine = sorted((run for run in runs if run["method"] == method), key=lambda run: run["seed"])
