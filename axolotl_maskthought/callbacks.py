@@ -79,12 +79,14 @@ def examples_from_dataset(dataset, tokenizer, fmt: str, template: str | None, li
 
 # ---- accuracy ---------------------------------------------------------------------------
 def answer_accuracy(model, tokenizer, examples: Sequence[CoTExample], fmt: str, template: str | None = None,
-                    no_cot: bool = False, batch_size: int = 32, max_new_tokens: int = 64) -> float:
-    """Greedy answer accuracy, generated and scored exactly as ``eval`` does."""
+                    no_cot: bool = False, batch_size: int = 32, max_new_tokens: int = 64,
+                    keep_position: bool = False) -> float:
+    """Greedy answer accuracy, generated and scored exactly as ``eval`` does
+    (``keep_position``: see ``evaluate.evaluate_model``)."""
     from .evaluate import evaluate_model
 
     result = evaluate_model(model, tokenizer, list(examples), fmt, template, no_cot, batch_size, max_new_tokens,
-                            progress=False)
+                            progress=False, keep_position=keep_position)
     return float(result["accuracy"])
 
 
@@ -93,8 +95,9 @@ class AnswerAccuracyCallback(TrainerCallback):
     """Logs ``eval_accuracy_cot`` / ``eval_accuracy_no_cot`` at every evaluation."""
 
     def __init__(self, trainer, examples: Sequence[CoTExample], fmt: str, template: str | None,
-                 max_new_tokens: int = 64, batch_size: int = 32):
+                 max_new_tokens: int = 64, batch_size: int = 32, keep_position: bool = False):
         self.trainer = trainer
+        self.keep_position = keep_position
         self.examples = list(examples)
         self.fmt, self.template = fmt, template
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
@@ -107,7 +110,7 @@ class AnswerAccuracyCallback(TrainerCallback):
             METRIC_COT: answer_accuracy(model, tokenizer, self.examples, self.fmt, self.template, False,
                                         self.batch_size, self.max_new_tokens),
             METRIC_NO_COT: answer_accuracy(model, tokenizer, self.examples, self.fmt, self.template, True,
-                                           self.batch_size, self.max_new_tokens),
+                                           self.batch_size, self.max_new_tokens, self.keep_position),
         }
         # Its own log entry at the evaluation's step: reported by every logger.
         self.trainer.log(metrics)
@@ -143,4 +146,8 @@ def build_accuracy_callback(cfg, trainer) -> AnswerAccuracyCallback | None:
     tokenizer = trainer.processing_class
     longest = max((len(tokenizer(f" {e.cot} {ANSWER_MARK} {e.answer}")["input_ids"]) for e in examples), default=0)
     LOG.info("answer accuracy on %d evaluation rows at each evaluation (%s)", len(examples), fmt)
-    return AnswerAccuracyCallback(trainer, examples, fmt, template, max_new_tokens=longest + 8)
+    removal = cfg.get("cot_removal")
+    keep_position = bool(removal.get("keep_position") if isinstance(removal, dict)
+                         else getattr(removal, "keep_position", False))
+    return AnswerAccuracyCallback(trainer, examples, fmt, template, max_new_tokens=longest + 8,
+                                  keep_position=keep_position)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .formats import CoTExample, gsm8k_prompt_ids, icot_prompt_ids
+from .formats import CoTExample, gsm8k_prompt_ids, icot_prompt_ids, tokenize_gsm8k, tokenize_icot
 from .scoring import (
     check_format,
     has_answer,
@@ -43,6 +43,7 @@ __all__ = [
     "generate_greedy",
     "build_prompts",
     "eos_stop_count",
+    "kept_position_shifts",
     "register",
 ]
 
@@ -75,6 +76,29 @@ def build_prompts(tokenizer, examples: Sequence[CoTExample], fmt: str, template:
     return [gsm8k_prompt_ids(tokenizer, example.question, template, no_cot=no_cot) for example in examples]
 
 
+def kept_position_shifts(tokenizer, examples: Sequence[CoTExample], fmt: str,
+                         template: str | None = None) -> list[tuple[int, int]]:
+    """Per no-CoT prompt: (first prompt index after the CoT's place, CoT token count).
+
+    A model trained with ``cot_removal.keep_position`` saw the tokens after a removed
+    CoT at their original positions (arXiv 2405.14838, official ``keep_position``):
+    once all CoT is gone, the second separator and the answer sit ``len(cot)``
+    positions further on than their index. No-CoT generation must number them the
+    same way. Both values come from the training layout (``tokenize_icot`` /
+    ``tokenize_gsm8k``) of each example's own CoT, so they match what training removed.
+    """
+    if check_format(fmt) == "gsm8k" and template is None:
+        from .args import CoTFormatConfig
+
+        template = CoTFormatConfig().template()
+    shifts = []
+    for example in examples:
+        row = tokenize_icot(tokenizer, example) if fmt == "icot" else tokenize_gsm8k(tokenizer, example, template)
+        cot = row["cot_mask"]
+        shifts.append((cot.index(1), sum(cot)) if any(cot) else (0, 0))
+    return shifts
+
+
 def eos_stop_count(fmt: str, no_cot: bool = False) -> int:
     """Generated EOS tokens after which a row is done: ICoT with CoT generates
     ``cot EOS #### answer EOS``; everything else ends at its first EOS."""
@@ -90,8 +114,11 @@ def _forward_accepts(model, name: str) -> bool:
 
 
 def _greedy_batch(model, prompts: Sequence[Sequence[int]], eos_token_id: int, pad_token_id: int,
-                  stop_after_eos: int, max_new_tokens: int) -> list[tuple[list[int], bool]]:
-    """One left-padded batch: (generated ids up to and including the stopping EOS, stopped)."""
+                  stop_after_eos: int, max_new_tokens: int,
+                  position_shifts: Sequence[tuple[int, int]] | None = None) -> list[tuple[list[int], bool]]:
+    """One left-padded batch: (generated ids up to and including the stopping EOS, stopped).
+    ``position_shifts[row] = (start, shift)``: prompt tokens from index ``start`` on, and
+    every generated token, get position ids ``shift`` higher (see :func:`kept_position_shifts`)."""
     import torch
 
     device = next(model.parameters()).device
@@ -104,6 +131,9 @@ def _greedy_batch(model, prompts: Sequence[Sequence[int]], eos_token_id: int, pa
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     # Positions count real tokens only, so a left-padded row sees the positions it would alone.
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    for row, (start, shift) in enumerate(position_shifts or []):
+        if shift:
+            position_ids[row, width - len(prompts[row]) + start:] += shift
     extra = {"logits_to_keep": 1} if _forward_accepts(model, "logits_to_keep") else {}
 
     generated: list[list[int]] = [[] for _ in range(batch)]
@@ -134,7 +164,8 @@ def _greedy_batch(model, prompts: Sequence[Sequence[int]], eos_token_id: int, pa
 
 def generate_greedy(model, prompts: Sequence[Sequence[int]], eos_token_id: int, pad_token_id: int | None = None,
                     stop_after_eos: int = 1, batch_size: int = 8, max_new_tokens: int = 512,
-                    progress: bool = True) -> list[tuple[list[int], bool]]:
+                    progress: bool = True, position_shifts: Sequence[tuple[int, int]] | None = None,
+                    ) -> list[tuple[list[int], bool]]:
     """Greedy continuations of ``prompts`` with a transformers causal LM, in input order.
 
     Batches are formed from prompts of similar length (fewer pads); each row stops
@@ -158,7 +189,7 @@ def generate_greedy(model, prompts: Sequence[Sequence[int]], eos_token_id: int, 
             for start in range(0, len(order), batch_size):
                 indices = order[start:start + batch_size]
                 rows = _greedy_batch(model, [prompts[i] for i in indices], eos_token_id, pad, stop_after_eos,
-                                     max_new_tokens)
+                                     max_new_tokens, [position_shifts[i] for i in indices] if position_shifts else None)
                 for index, row in zip(indices, rows):
                     results[index] = row
                 bar.update(len(indices))
@@ -335,7 +366,7 @@ def _is_vllm(model) -> bool:
 
 def evaluate_model(model, tokenizer, examples: Sequence[CoTExample], fmt: str, template: str | None = None,
                    no_cot: bool = False, batch_size: int = 8, max_new_tokens: int = 512, progress: bool = True,
-                   lora_request=None) -> dict:
+                   lora_request=None, keep_position: bool = False) -> dict:
     """Generate greedily for ``examples`` and score the answers.
 
     ``model``: a transformers causal LM (any mode, any device; restored after) or a
@@ -346,6 +377,10 @@ def evaluate_model(model, tokenizer, examples: Sequence[CoTExample], fmt: str, t
     ``predictions``: per example ``prompt`` (decoded, special tokens shown),
     ``generation`` (decoded without special tokens; what is scored), ``extracted``,
     ``gold``, ``correct`` and ``finished`` (False when max_new_tokens cut it off).
+    ``keep_position`` (for a model trained with ``cot_removal.keep_position``, only
+    with ``no_cot``): positions after the prompt's CoT place are shifted by the
+    example's CoT length, as in training (:func:`kept_position_shifts`); raises
+    ``ValueError`` with vLLM, which takes no position ids.
     """
     fmt = check_format(fmt)
     eos = tokenizer.eos_token_id
@@ -353,12 +388,15 @@ def evaluate_model(model, tokenizer, examples: Sequence[CoTExample], fmt: str, t
         raise ValueError("the tokenizer has no eos_token; generation could never stop")
     prompts = build_prompts(tokenizer, examples, fmt, template, no_cot)
     stop_after_eos = eos_stop_count(fmt, no_cot)
+    shifts = kept_position_shifts(tokenizer, examples, fmt, template) if keep_position and no_cot else None
     started = time.perf_counter()
     if _is_vllm(model):
+        if shifts:
+            raise ValueError("keep_position generation needs explicit position ids: use the transformers backend")
         outputs = generate_vllm(model, prompts, eos, stop_after_eos, max_new_tokens, lora_request, progress)
     else:
         outputs = generate_greedy(model, prompts, eos, tokenizer.pad_token_id, stop_after_eos, batch_size,
-                                  max_new_tokens, progress)
+                                  max_new_tokens, progress, shifts)
     seconds = time.perf_counter() - started
     predictions = []
     for example, prompt, (generated_ids, finished) in zip(examples, prompts, outputs):
@@ -411,6 +449,7 @@ def settings_from_config(path: str | Path) -> dict:
         cot_format = CoTFormatConfig(**(cfg.get("cot_format") or {}))
     except ValueError as err:
         raise ValueError(f"{path}: `cot_format`: {err}") from None
+    removal = cfg.get("cot_removal")
     return {
         "model": str(output_dir if trained else base_model),
         "trained": trained,
@@ -419,6 +458,7 @@ def settings_from_config(path: str | Path) -> dict:
         "format": formats[0] if formats else None,
         "dataset_types": types,
         "cot_format": cot_format,
+        "keep_position": bool(isinstance(removal, dict) and removal.get("keep_position")),
     }
 
 
@@ -448,6 +488,8 @@ def run_eval(args) -> int:
         raise ValueError(f"unknown backend {args.backend!r}: expected one of {', '.join(BACKENDS)}")
     if not args.model and not args.config:
         raise _command_error("eval needs a MODEL directory or --config CFG.yml")
+    if args.keep_position and not args.no_cot:
+        raise _command_error("--keep-position shifts the positions of no-CoT prompts: it needs --no-cot")
     resolved = _resolve(args)
     settings, fmt = resolved["settings"], resolved["format"]
     examples = load_examples(args.data, fmt, resolved["cot_format"], limit=args.limit)
@@ -463,8 +505,14 @@ def run_eval(args) -> int:
         model, tokenizer, lora_request = load_vllm(model_path, base_model, tokenizer_path, args.dtype)
     else:
         model, tokenizer = load_model_and_tokenizer(model_path, base_model, tokenizer_path, args.dtype)
+    keep_position = bool(args.no_cot and (args.keep_position or settings.get("keep_position")))
+    if keep_position:
+        source = "--keep-position" if args.keep_position else f"{args.config}: `cot_removal.keep_position`"
+        print(f"note: {source}: no-CoT positions after the question are shifted by each example's CoT length, "
+              "as in training", file=sys.stderr)
     result = evaluate_model(model, tokenizer, examples, fmt, resolved["template"], args.no_cot, args.batch_size,
-                            args.max_new_tokens, progress=not args.no_progress, lora_request=lora_request)
+                            args.max_new_tokens, progress=not args.no_progress, lora_request=lora_request,
+                            keep_position=keep_position)
     predictions = result.pop("predictions")
     summary = {
         **result,
@@ -472,6 +520,7 @@ def run_eval(args) -> int:
         "data": str(args.data),
         "format": fmt,
         "no_cot": args.no_cot,
+        "keep_position": keep_position,
         "backend": args.backend,
         "batch_size": args.batch_size,
         "max_new_tokens": args.max_new_tokens,
@@ -527,6 +576,9 @@ def register(subparsers) -> None:
         "(gsm8k: number after '#### ' within 1e-4; icot: exact answer after '####').")
     evaluate.add_argument("model", nargs="?", help="axolotl output dir (full weights or LoRA adapter) or model dir")
     _common_flags(evaluate)
+    evaluate.add_argument("--keep-position", action="store_true",
+                          help="with --no-cot: number positions as `cot_removal.keep_position` trained them "
+                               "(default: from --config)")
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument("--max-new-tokens", type=int, default=512)
     evaluate.add_argument("--backend", default="transformers", help="transformers (default) or vllm")

@@ -1,30 +1,35 @@
-"""``axolotl-maskthought quickstart``: did it help? Three small runs on your CPU.
+"""``axolotl-maskthought quickstart``: did it help? Small runs on your CPU, and a verdict.
 
 Builds a tiny GPT-2 and a tokenizer on the spot, generates multiplication
-problems in the ICoT format, fine-tunes three times through axolotl with this
-plugin, and evaluates on held-out problems:
+problems in the ICoT format, fine-tunes through axolotl with this plugin (one
+run per method, same model, data and optimizer steps), scores each on held-out
+problems and says, from those numbers, whether the technique beat its baseline.
 
-* Stepwise Internalization (``cot_removal``), evaluated without CoT;
-* a plain no-CoT baseline (same data with the CoT stripped, same steps),
-  evaluated without CoT;
-* Masked Thought (``masked_thought``) with CoT, evaluated with CoT.
+* default: Masked Thought against plain CoT fine-tuning (SFT), both answering
+  with their chain of thought, on few training problems seen for many epochs
+  (where SFT overfits and the regulariser has something to do);
+* ``--long``: Stepwise Internalization against no-CoT training of the same model
+  for the same steps, both answering with NO chain of thought;
+* ``--quick``: both comparisons at toy size (a pipeline check, not a result).
 
-Prints a table (method, accuracy, n, train time), writes ``results.json`` and
-``quickstart.png`` (loss, CoT tokens removed and answer accuracy over training)
-plus every config it trained with. Nothing is downloaded and nothing outside
+Prints progress, a table and the verdict; writes ``results.json`` (before
+anything optional), ``quickstart.png`` (loss and held-out accuracy against the
+optimizer step) and every config it trained with. axolotl's and the libraries'
+own output goes to ``train.log``. Nothing is downloaded; nothing outside
 ``--output`` is read.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
 import sys
 import time
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .tiny import OFFLINE_ENV
@@ -41,45 +46,66 @@ class Sizes:
     epochs: int
     micro_batch_size: int
     learning_rate: float
-    arch: str  # tiny.build_model: llama (rotary positions) or gpt2 (learned absolute positions)
     hidden: int
     layers: int
     heads: int
-    tokens_per_epoch: float  # Δ of Stepwise Internalization
-    start_epoch: int  # full-CoT epochs before removal starts
     eval_steps: int
-    eval_accuracy_samples: int
-
-
-# Full mode: 1,000 optimizer steps per method (about 5 minutes on 2 free cores). 2x2 is the
-# smallest multiplication whose CoT (two partial products) is more than the answer itself.
-FULL = Sizes(a_digits=2, b_digits=2, train_rows=4000, test_rows=200, epochs=8, micro_batch_size=32,
-             learning_rate=1e-3, arch="gpt2", hidden=128, layers=2, heads=4, tokens_per_epoch=3, start_epoch=4,
-             eval_steps=125, eval_accuracy_samples=64)
-QUICK = Sizes(a_digits=2, b_digits=2, train_rows=256, test_rows=32, epochs=2, micro_batch_size=16,
-              learning_rate=1e-3, arch="gpt2", hidden=32, layers=1, heads=2, tokens_per_epoch=8, start_epoch=0,
-              eval_steps=16, eval_accuracy_samples=16)
+    eval_accuracy_samples: int  # rows of the validation file scored at each evaluation (the curves)
+    val_rows: int = 200
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
+    label: str  # for the verdict
     train_file: str  # with or without the CoT
     no_cot_eval: bool
-    blocks: dict
+    blocks: dict = field(default_factory=dict)
 
 
-def methods(sizes: Sizes) -> list[Method]:
-    return [
-        Method("stepwise_internalization", "train_cot.txt", True, {
-            "cot_removal": {"tokens_per_epoch": sizes.tokens_per_epoch, "start_epoch": sizes.start_epoch,
-                            "smoothing_lambda": 4, "side": "left", "reset_optimizer": True},
-        }),
-        Method("no_cot_baseline", "train_no_cot.txt", True, {}),
-        Method("masked_thought", "train_cot.txt", False, {
-            "masked_thought": {"ratio": 0.4, "replacement": "random", "warmup": 0.66},
-        }),
-    ]
+@dataclass(frozen=True)
+class Comparison:
+    title: str
+    baseline: Method
+    treatment: Method
+    sizes: Sizes
+
+
+SFT = Method("sft", "SFT", "train_cot.txt", False)
+NO_COT = Method("no_cot_training", "no-CoT training", "train_no_cot.txt", True)
+
+
+def masked_thought(ratio: float, replacement: str = "random") -> Method:
+    return Method("masked_thought", "Masked Thought", "train_cot.txt", False, {
+        "masked_thought": {"ratio": ratio, "replacement": replacement, "warmup": 0.66}})
+
+
+def stepwise_internalization(tokens_per_epoch: float, start_epoch: int, smoothing_lambda: float = 4,
+                             keep_position: bool = True, reset_optimizer: bool = False) -> Method:
+    return Method("stepwise_internalization", "Stepwise Internalization", "train_cot.txt", True, {
+        "cot_removal": {"tokens_per_epoch": tokens_per_epoch, "start_epoch": start_epoch,
+                        "smoothing_lambda": smoothing_lambda, "side": "left", "keep_position": keep_position,
+                        "reset_optimizer": reset_optimizer}})
+
+
+# Default: the cheapest comparison that held on every seed tried (bench/RESULTS.md §5).
+FULL = Comparison(
+    "Masked Thought vs SFT, answering with CoT",
+    SFT, masked_thought(0.2),
+    Sizes(a_digits=2, b_digits=2, train_rows=400, test_rows=500, epochs=62, micro_batch_size=32, learning_rate=1e-3,
+          hidden=128, layers=2, heads=4, eval_steps=100, eval_accuracy_samples=100),
+)
+# --long: the Stepwise Internalization recipe of examples/yaml/cpu_multiplication_icot_si.yml.
+LONG = Comparison(
+    "Stepwise Internalization vs no-CoT training, answering with NO CoT",
+    NO_COT, stepwise_internalization(tokens_per_epoch=1.5, start_epoch=4),
+    Sizes(a_digits=3, b_digits=3, train_rows=8000, test_rows=500, epochs=24, micro_batch_size=32,
+          learning_rate=1e-3, hidden=128, layers=3, heads=4, eval_steps=500, eval_accuracy_samples=100),
+)
+_TOY = Sizes(a_digits=2, b_digits=2, train_rows=256, test_rows=32, epochs=2, micro_batch_size=16, learning_rate=1e-3,
+             hidden=32, layers=1, heads=2, eval_steps=16, eval_accuracy_samples=16, val_rows=16)
+QUICK = [replace(FULL, sizes=_TOY),
+         replace(LONG, treatment=stepwise_internalization(tokens_per_epoch=8, start_epoch=0), sizes=_TOY)]
 
 
 # ---- data and model ------------------------------------------------------------------
@@ -89,34 +115,41 @@ def strip_cot(line: str) -> str:
     return f"{question}|| #### {solution.split('####', 1)[1].strip()}"
 
 
-def prepare(output: Path, sizes: Sizes, seed: int = 0) -> Path:
-    """Write train (with and without CoT) and held-out test files and a tiny model; return the model dir."""
+def prepare(directory: Path, sizes: Sizes) -> Path:
+    """Write train (with and without CoT), validation (curves) and held-out test files, all
+    disjoint, and a tiny model; return the model dir."""
     from . import data, tiny
 
-    train = data.generate_multiplication(sizes.a_digits, sizes.b_digits, sizes.train_rows, seed)
+    train = data.generate_multiplication(sizes.a_digits, sizes.b_digits, sizes.train_rows, seed=0)
     seen = {line.split("||", 1)[0] for line in train}
-    test = [line for line in data.generate_multiplication(sizes.a_digits, sizes.b_digits, sizes.test_rows * 4, seed + 1)
-            if line.split("||", 1)[0] not in seen]
-    test = list(dict.fromkeys(test))[: sizes.test_rows]
-    data.write_lines(output / "train_cot.txt", train)
-    data.write_lines(output / "train_no_cot.txt", [strip_cot(line) for line in train])
-    data.write_lines(output / "test.txt", test)
-    model_dir = output / "model"
-    tiny.build_tiny(model_dir, train, vocab_size=300, arch=sizes.arch, hidden=sizes.hidden, layers=sizes.layers,
-                    heads=sizes.heads, max_positions=128, seed=seed)
+    held_out = []
+    for line in data.generate_multiplication(sizes.a_digits, sizes.b_digits, 4 * (sizes.test_rows + sizes.val_rows), 1):
+        question = line.split("||", 1)[0]
+        if question not in seen:
+            seen.add(question)
+            held_out.append(line)
+    test, val = held_out[:sizes.test_rows], held_out[sizes.test_rows:sizes.test_rows + sizes.val_rows]
+    data.write_lines(directory / "train_cot.txt", train)
+    data.write_lines(directory / "train_no_cot.txt", [strip_cot(line) for line in train])
+    data.write_lines(directory / "test.txt", test)
+    data.write_lines(directory / "valid.txt", val)
+    model_dir = directory / "model"
+    tiny.build_tiny(model_dir, train, vocab_size=300, arch="gpt2", hidden=sizes.hidden, layers=sizes.layers,
+                    heads=sizes.heads, max_positions=128, seed=0)
     return model_dir
 
 
-def config_for(method: Method, sizes: Sizes, output: Path, model_dir: Path) -> dict:
+def config_for(method: Method, sizes: Sizes, directory: Path, model_dir: Path, seed: int) -> dict:
+    icot = "axolotl_maskthought.strategies.icot"
     return {
         "base_model": str(model_dir),
         "plugins": ["axolotl_maskthought.MaskThoughtPlugin"],
         **method.blocks,
         "cot_format": {"eval_accuracy_samples": sizes.eval_accuracy_samples},
-        "datasets": [{"path": str(output / method.train_file), "type": "axolotl_maskthought.strategies.icot"}],
-        "test_datasets": [{"path": str(output / "test.txt"), "type": "axolotl_maskthought.strategies.icot",
-                           "split": "train"}],
-        "dataset_prepared_path": str(output / "prepared"),
+        "datasets": [{"path": str(directory / method.train_file), "type": icot}],
+        # validation problems for the in-training accuracy curve; the table uses test.txt
+        "test_datasets": [{"path": str(directory / "valid.txt"), "type": icot, "split": "train"}],
+        "dataset_prepared_path": str(directory / "prepared"),
         "sequence_len": 128,
         "micro_batch_size": sizes.micro_batch_size,
         "eval_batch_size": 64,
@@ -129,8 +162,8 @@ def config_for(method: Method, sizes: Sizes, output: Path, model_dir: Path) -> d
         "lr_scheduler": "constant",
         "bf16": False,
         "fp16": False,
-        "seed": 42,
-        "output_dir": str(output / "runs" / method.name),
+        "seed": seed,
+        "output_dir": str(directory / "runs" / method.name),
         "save_strategy": "no",
         "eval_strategy": "steps",
         "eval_steps": sizes.eval_steps,
@@ -154,73 +187,55 @@ def train_in_process(config_path: Path):
     return train(cfg=cfg, dataset_meta=dataset_meta)
 
 
-def held_out_examples(output: Path):
+def held_out_examples(path: Path):
     from .formats import parse_icot_line
 
-    return [parse_icot_line(line) for line in (output / "test.txt").read_text(encoding="utf-8").splitlines() if line]
+    return [parse_icot_line(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-def run(output: Path, sizes: Sizes, verbose: bool = False) -> dict:
+def run_method(method: Method, sizes: Sizes, directory: Path, model_dir: Path, seed: int, say) -> dict:
     import yaml
 
-    from .callbacks import METRIC_COT, METRIC_NO_COT, answer_accuracy
+    from .callbacks import METRIC_COT, METRIC_NO_COT
+    from .evaluate import evaluate_model
 
-    for key, value in OFFLINE_ENV.items():
-        os.environ.setdefault(key, value)
-    output.mkdir(parents=True, exist_ok=True)
-    # axolotl keys prepared data by file path, not content: never reuse an earlier run's.
-    shutil.rmtree(output / "prepared", ignore_errors=True)
+    config = config_for(method, sizes, directory, model_dir, seed)
+    config_path = directory / f"{method.name}.yml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    say(f"  {method.label}: training as `axolotl train {config_path}` would (in this process) ...")
     started = time.perf_counter()
-    log_path = output / "train.log"
-    with _captured_output(log_path, verbose):
-        model_dir = prepare(output, sizes)
-    examples = held_out_examples(output)
-    print(f"data: {sizes.train_rows} training problems {sizes.a_digits}x{sizes.b_digits}, {len(examples)} held out; "
-          f"model: {sizes.arch} {sizes.layers} layers x {sizes.hidden} ({model_dir})", flush=True)
-    results = []
-    for method in methods(sizes):
-        config_path = output / f"{method.name}.yml"
-        config_path.write_text(yaml.safe_dump(config_for(method, sizes, output, model_dir), sort_keys=False))
-        print(f"[{method.name}] training, as `axolotl train {config_path}` would (in this process; "
-              f"log: {log_path})", flush=True)
-        run_started = time.perf_counter()
-        with _captured_output(log_path, verbose):
-            model, tokenizer, trainer = train_in_process(config_path)
-        run_seconds = time.perf_counter() - run_started
-        history = trainer.state.log_history
-        # the training loop alone (with its evaluations), as the HF Trainer measured it
-        train_seconds = next((entry["train_runtime"] for entry in history if "train_runtime" in entry), run_seconds)
-        accuracy = answer_accuracy(model, tokenizer, examples, "icot", None, method.no_cot_eval, 64,
-                                   _max_new_tokens(tokenizer, examples))
-        results.append({
-            "method": method.name,
-            "eval": "no CoT" if method.no_cot_eval else "with CoT",
-            "accuracy": accuracy,
-            "n": len(examples),
-            "train_seconds": round(train_seconds, 1),
-            "run_seconds": round(run_seconds, 1),  # + loading data and model, saving
-            "steps": trainer.state.global_step,
-            "config": str(config_path),
-            "history": {
-                "loss": _series(history, "loss"),
-                "removed_tokens_mean": _series(history, "cot_removal/removed_tokens_mean"),
-                # the evaluation mode's accuracy, and the other mode's (SI: the CoT it is losing)
-                "accuracy": _series(history, METRIC_NO_COT if method.no_cot_eval else METRIC_COT),
-                "accuracy_other": _series(history, METRIC_COT if method.no_cot_eval else METRIC_NO_COT),
-            },
-        })
-        print(f"[{method.name}] {trainer.state.global_step} steps, training {train_seconds:.0f}s "
-              f"(run {run_seconds:.0f}s), accuracy {accuracy:.3f}", flush=True)
-        del model, trainer
-    summary = {
-        "task": f"{sizes.a_digits}x{sizes.b_digits} multiplication (ICoT format)",
-        "sizes": sizes.__dict__,
-        "results": results,
-        "total_seconds": round(time.perf_counter() - started, 1),
+    model, tokenizer, trainer = train_in_process(config_path)
+    run_seconds = time.perf_counter() - started
+    history = trainer.state.log_history
+    # the training loop alone (with its evaluations), as the HF Trainer measured it
+    train_seconds = next((entry["train_runtime"] for entry in history if "train_runtime" in entry), run_seconds)
+    examples = held_out_examples(directory / "test.txt")
+    keep_position = bool((method.blocks.get("cot_removal") or {}).get("keep_position"))
+    scored = evaluate_model(model, tokenizer, examples, "icot", None, method.no_cot_eval, 64,
+                            _max_new_tokens(tokenizer, examples), progress=False, keep_position=keep_position)
+    metric = METRIC_NO_COT if method.no_cot_eval else METRIC_COT
+    result = {
+        "method": method.name,
+        "label": method.label,
+        "eval": "no CoT" if method.no_cot_eval else "with CoT",
+        "accuracy": scored["accuracy"],
+        "correct": scored["correct"],
+        "n": scored["n"],
+        "steps": trainer.state.global_step,
+        "parameters": model.num_parameters(),
+        "train_seconds": round(train_seconds, 1),
+        "run_seconds": round(run_seconds, 1),  # + loading data and model, saving
+        "config": str(config_path),
+        "history": {
+            "loss": _series(history, "loss"),
+            "removed_tokens_mean": _series(history, "cot_removal/removed_tokens_mean"),
+            "accuracy": _series(history, metric),  # on valid.txt, in the evaluation mode of the table
+        },
     }
-    (output / "results.json").write_text(json.dumps(summary, indent=2))
-    plot(results, output / "quickstart.png")
-    return summary
+    say(f"  {method.label}: {result['steps']} steps in {train_seconds:.0f} s, held-out accuracy "
+        f"{result['accuracy']:.3f} ({result['correct']}/{result['n']}, {result['eval']})")
+    del model, trainer
+    return result
 
 
 def _max_new_tokens(tokenizer, examples) -> int:
@@ -231,119 +246,177 @@ def _series(history: list[dict], key: str) -> list[list[float]]:
     return [[entry["step"], entry[key]] for entry in history if key in entry]
 
 
-@contextmanager
-def _captured_output(log_path: Path, verbose: bool):
-    """Send axolotl's log lines, warnings and progress bars to ``log_path`` (unless verbose)."""
-    if verbose:
-        yield
-        return
-    import logging
-
-    def handlers():
-        found = {}
-        for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
-            for handler in getattr(logger, "handlers", []):
-                # StreamHandlers with a settable stream (not files, not logging's last resort)
-                if type(handler) is logging.StreamHandler or (
-                    isinstance(handler, logging.StreamHandler) and hasattr(handler, "terminator")
-                    and not isinstance(handler, logging.FileHandler) and "stream" in vars(handler)
-                ):
-                    found[id(handler)] = handler
-        return list(found.values())
-
-    def point(handler, stream):
-        with handler.lock:
-            previous, handler.stream = handler.stream, stream  # no flush: the old stream may be closed
-        return previous
-
-    terminal = {id(sys.stdout), id(sys.stderr), id(sys.__stdout__), id(sys.__stderr__)}
-    with open(log_path, "a", encoding="utf-8") as handle:
-        moved = [(handler, point(handler, handle)) for handler in handlers() if id(handler.stream) in terminal]
-        try:
-            with redirect_stdout(handle), redirect_stderr(handle):
-                yield
-        finally:
-            for handler in handlers():  # created during the run, pointing at the log file
-                if handler.stream is handle:
-                    point(handler, sys.stderr)
-            for handler, stream in moved:
-                point(handler, stream)
+def run(output: Path, comparisons: list[Comparison], seed: int = 42, terminal=None) -> dict:
+    """Train and score every comparison; write ``results.json``; return the summary."""
+    say = _printer(terminal or sys.stdout)
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    output.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    summary = {"seed": seed, "comparisons": []}
+    for index, comparison in enumerate(comparisons, 1):
+        sizes = comparison.sizes
+        directory = output if len(comparisons) == 1 else output / f"comparison{index}"
+        directory.mkdir(parents=True, exist_ok=True)
+        # axolotl keys prepared data by file path, not content: never reuse an earlier run's.
+        shutil.rmtree(directory / "prepared", ignore_errors=True)
+        model_dir = prepare(directory, sizes)
+        say(f"{comparison.title}: {sizes.a_digits}x{sizes.b_digits} multiplication, {sizes.train_rows:,} training "
+            f"problems x {sizes.epochs} epochs, {sizes.test_rows} held out; GPT-2 {sizes.layers} layers x "
+            f"{sizes.hidden} from scratch")
+        results = [run_method(method, sizes, directory, model_dir, seed, say)
+                   for method in (comparison.baseline, comparison.treatment)]
+        summary["comparisons"].append({
+            "title": comparison.title,
+            "task": f"{sizes.a_digits}x{sizes.b_digits} multiplication (ICoT format)",
+            "sizes": asdict(sizes),
+            "results": results,
+            "verdict": verdict(results[1], results[0]),
+        })
+    summary["total_seconds"] = round(time.perf_counter() - started, 1)
+    (output / "results.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 # ---- report -----------------------------------------------------------------------------
+def verdict(treatment: dict, baseline: dict) -> str:
+    """One sentence from the two measured accuracies (``accuracy``, ``n``, ``label``, ``eval``)."""
+    points = 100 * (treatment["accuracy"] - baseline["accuracy"])
+    figures = (f"{treatment['accuracy']:.3f} vs {baseline['accuracy']:.3f} on {treatment['n']} held-out problems, "
+               f"{treatment['eval']}")
+    if points > 0:
+        return f"{treatment['label']} beat {baseline['label']} by {points:.1f} points ({figures})."
+    if points == 0:
+        return f"{treatment['label']} did not beat {baseline['label']}: equal accuracy ({figures})."
+    return f"{treatment['label']} did not beat {baseline['label']}: {-points:.1f} points lower ({figures})."
+
+
 def format_table(results: list[dict]) -> str:
-    rows = [("method", "eval", "accuracy", "n", "train time")]
-    rows += [(r["method"], r["eval"], f"{r['accuracy']:.3f}", str(r["n"]), f"{r['train_seconds']:.0f}s")
-             for r in results]
+    rows = [("method", "answers", "accuracy", "correct", "steps", "train time")]
+    rows += [(r["label"], r["eval"], f"{r['accuracy']:.3f}", f"{r['correct']}/{r['n']}", str(r["steps"]),
+              f"{r['train_seconds']:.0f} s") for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
 
 
-def plot(results: list[dict], path: Path) -> None:
+def plot(summary: dict, path: Path) -> None:
+    """Training loss and held-out (validation) accuracy against the optimizer step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4), sharex=True)
-    panels = (("loss", "training loss"), ("removed_tokens_mean", "CoT tokens removed (mean per example)"),
-              ("accuracy", "held-out answer accuracy (eval set sample)"))
-    colors = {result["method"]: f"C{index}" for index, result in enumerate(results)}
-    for axis, (key, title) in zip(axes, panels):
-        for result in results:
-            points = result["history"][key]
-            if points:
-                steps, values = zip(*points)
-                label = result["method"] + (f" ({result['eval']})" if key == "accuracy" else "")
-                axis.plot(steps, values, marker="." if key == "accuracy" else None, label=label,
-                          color=colors[result["method"]])
-            other = result["history"].get("accuracy_other") if key == "accuracy" else None
-            if other and result["method"] == "stepwise_internalization":
-                steps, values = zip(*other)
-                axis.plot(steps, values, linestyle="--", color=colors[result["method"]],
-                          label=f"{result['method']} (with CoT)")
-        axis.set_title(title)
-        axis.set_xlabel("optimizer step")
-        if key == "accuracy":
-            axis.set_ylim(-0.02, 1.02)
-        if axis.lines:
-            axis.legend(fontsize=8)
+    comparisons = summary["comparisons"]
+    figure, axes = plt.subplots(len(comparisons), 2, figsize=(10, 3.2 * len(comparisons)), squeeze=False)
+    for row, comparison in zip(axes, comparisons):
+        for index, result in enumerate(comparison["results"]):
+            label = f"{result['label']} ({result['eval']})"
+            for axis, key in zip(row, ("loss", "accuracy")):
+                if result["history"][key]:
+                    steps, values = zip(*result["history"][key])
+                    axis.plot(steps, values, color=f"C{index}", marker="." if key == "accuracy" else None, label=label)
+        row[0].set_title("training loss", fontsize=9)
+        row[1].set_title(f"{comparison['task']}: validation accuracy", fontsize=9)
+        row[1].set_ylim(-0.02, 1.02)
+        for axis in row:
+            axis.set_xlabel("optimizer step")
+            if axis.lines:
+                axis.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=80)
     plt.close(figure)
+
+
+def _printer(stream):
+    def say(text: str = "") -> None:
+        print(text, file=stream, flush=True)
+
+    return say
+
+
+@contextmanager
+def _quiet(log_path: Path, verbose: bool):
+    """Send everything the libraries write (Python and C level: axolotl's logs, progress
+    bars, torchao and torch warnings) to ``log_path``; yield a stream to the terminal."""
+    if verbose:
+        yield sys.stdout
+        return
+    try:
+        fds = (sys.stdout.fileno(), sys.stderr.fileno())
+    except (AttributeError, OSError, io.UnsupportedOperation):  # no real file descriptors (e.g. a notebook)
+        terminal = sys.stdout
+        with open(log_path, "a", encoding="utf-8") as log, redirect_stdout(log), redirect_stderr(log):
+            yield terminal
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(fd) for fd in fds]
+    terminal = open(os.dup(fds[0]), "w", buffering=1, encoding="utf-8", closefd=True)
+    log = open(log_path, "a", encoding="utf-8")
+    for fd in fds:
+        os.dup2(log.fileno(), fd)
+    try:
+        yield terminal
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, old in zip(fds, saved):
+            os.dup2(old, fd)
+            os.close(old)
+        terminal.close()
+        log.close()
 
 
 # ---- command ------------------------------------------------------------------------------
 def command(args: argparse.Namespace) -> int:
-    sizes = QUICK if args.quick else FULL
+    if args.quick and args.long:
+        raise ValueError("--quick and --long are different runs: choose one")
+    comparisons = QUICK if args.quick else [LONG] if args.long else [FULL]
     output = Path(args.output)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {args.threads}")
-        import torch
+    output.mkdir(parents=True, exist_ok=True)
+    if args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    import torch
 
-        torch.set_num_threads(args.threads)
-    summary = run(output, sizes, verbose=args.verbose)
-    print()
-    print(f"{summary['task']}, held-out problems, greedy decoding:")
-    print(format_table(summary["results"]))
-    print(f"\nplot: {output / 'quickstart.png'}   summary: {output / 'results.json'}   "
-          f"total {summary['total_seconds']:.0f}s")
+    torch.set_num_threads(args.threads)
+    log_path = output / "train.log"
+    print(f"quickstart{' --quick (a pipeline check, not a result)' if args.quick else ''}: "
+          f"tiny runs through axolotl on this CPU; library output goes to {log_path}", flush=True)
+    with _quiet(log_path, args.verbose) as terminal:
+        summary = run(output, comparisons, seed=args.seed, terminal=terminal)
+    for comparison in summary["comparisons"]:
+        print(f"\n{comparison['title']} ({comparison['task']}, seed {summary['seed']}, greedy decoding):")
+        print(format_table(comparison["results"]))
+        print(f"Verdict: {comparison['verdict']}")
+    print(f"\nresults: {output / 'results.json'}   configs: {output}/*.yml   log: {log_path}   "
+          f"total {summary['total_seconds']:.0f} s")
+    try:
+        with _quiet(log_path, args.verbose):
+            plot(summary, output / "quickstart.png")
+    except ImportError as err:
+        print(f"plot skipped ({err}); install matplotlib to draw it")
+    else:
+        print(f"plot: {output / 'quickstart.png'}")
     return 0
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "quickstart",
-        help="train tiny models three ways (SI, no-CoT baseline, Masked Thought) and compare",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        help="train tiny models with and without a technique, on this CPU, and say whether it helped",
+        description=__doc__.split("\n\n")[1] + " Default: Masked Thought vs SFT; --long: Stepwise "
+        "Internalization vs no-CoT training; --quick: both at toy size." if __doc__ else None,
     )
     parser.add_argument("--output", default="maskthought-quickstart", help="directory for data, model, configs, plot")
-    parser.add_argument("--quick", action="store_true", help="a much smaller run (CI smoke test, < 90 s)")
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="torch CPU threads (default: torch's choice; 1 is much faster on a busy machine)")
+    parser.add_argument("--quick", action="store_true", help="toy-sized runs of both comparisons (CI smoke test)")
+    parser.add_argument("--long", action="store_true",
+                        help="Stepwise Internalization vs no-CoT training (the recipe of "
+                             "examples/yaml/cpu_multiplication_icot_si.yml; much longer)")
+    parser.add_argument("--seed", type=int, default=42, help="training seed: data order, masks, removal offsets")
+    parser.add_argument("--threads", type=int, default=1, metavar="N",
+                        help="torch CPU threads (default 1: these models are too small to gain from more, and "
+                             "two threads per process on a busy 2-core machine ran 3-5x slower)")
     parser.add_argument("--verbose", action="store_true", help="show axolotl's own log output")
     parser.set_defaults(func=command)
-

@@ -51,16 +51,18 @@ def method_blocks(method: str, args) -> dict:
     if method == "cot":
         return {}
     if method == "si":
-        return {"cot_removal": {"tokens_per_epoch": args.tokens_per_epoch, "smoothing_lambda": 4,
+        return {"cot_removal": {"tokens_per_epoch": args.tokens_per_epoch, "smoothing_lambda": args.smoothing,
                                 "start_epoch": args.start_epoch, "remove_all_at": args.remove_all_at,
-                                "keep_position": True, "reset_optimizer": False}}
-    if method == "mft" or method.startswith("mft_"):
+                                "keep_position": not args.no_keep_position, "reset_optimizer": args.reset}}
+    if method == "mft" or method.startswith(("mft_", "mftmask_")):
         ratio = float(method.split("_", 1)[1]) if "_" in method else 0.4  # mft_0.1: ratio 0.1
-        return {"masked_thought": {"ratio": ratio, "replacement": "random", "warmup": 0.66}}
+        replacement = "mask_token" if method.startswith("mftmask_") else "random"
+        return {"masked_thought": {"ratio": ratio, "replacement": replacement, "warmup": 0.66}}
     raise ValueError(f"unknown method {method!r}")
 
 
-def prepare(work: Path, digits: int, train_count: int, test_count: int, model_kwargs: dict) -> dict:
+def prepare(work: Path, digits: int, train_count: int, test_count: int, model_kwargs: dict,
+            val_count: int = 200) -> dict:
     from axolotl_maskthought.data import generate_multiplication, write_lines
     from axolotl_maskthought.formats import parse_icot_line, tokenize_icot
     from axolotl_maskthought.tiny import build_tiny
@@ -73,9 +75,15 @@ def prepare(work: Path, digits: int, train_count: int, test_count: int, model_kw
         test = [line for line in generate_multiplication(digits, digits, test_count * 2, seed=2)
                 if line.split("||")[0] not in seen]
     test = [line for line in test if line.strip()][:test_count]
+    # validation split (for choosing settings and the in-training curves): seed 3, none in train or test
+    seen = {line.split("||")[0] for line in train + test}
+    val = [line for line in generate_multiplication(digits, digits, val_count * 2, seed=3)
+           if line.split("||")[0] not in seen][:val_count]
     train_path = work / f"mult{digits}_{train_count}.txt"
     write_lines(train_path, train)
-    model_dir = work / f"gpt2_{digits}_{model_kwargs['hidden']}x{model_kwargs['layers']}"
+    val_path = work / f"mult{digits}_val{val_count}.txt"
+    write_lines(val_path, val)
+    model_dir = work / f"gpt2_{digits}_{model_kwargs['hidden']}x{model_kwargs['layers']}x{model_kwargs['heads']}"
     if not (model_dir / "config.json").exists():
         build_tiny(model_dir, train[:2000], vocab_size=300, arch="gpt2", **model_kwargs)
     from transformers import AutoTokenizer
@@ -83,8 +91,15 @@ def prepare(work: Path, digits: int, train_count: int, test_count: int, model_kw
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     example = tokenize_icot(tokenizer, parse_icot_line(train[0]))
     cot_tokens = sum(example["cot_mask"])
-    return {"train_path": train_path, "test": test, "model_dir": model_dir, "cot_tokens": cot_tokens,
+    return {"train_path": train_path, "test": test, "val": val, "val_path": val_path, "model_dir": model_dir,
+            "cot_tokens": cot_tokens, "parameters": _parameters(model_dir),
             "sequence_tokens": len(example["input_ids"])}
+
+
+def _parameters(model_dir: Path) -> int:
+    from transformers import AutoModelForCausalLM
+
+    return sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(model_dir).parameters())
 
 
 def greedy_accuracy(model_dir: Path, lines: list[str], with_cot: bool, position_shift: int = 0,
@@ -152,7 +167,9 @@ def run_one(method: str, seed: int, prepared: dict, args, work: Path) -> dict:
         prepared["model_dir"], dataset, work / "out" / name,
         plugins=[PLUGIN, "steptimer.StepTimerPlugin"], sequence_len=256, micro_batch_size=args.batch_size,
         num_epochs=args.epochs, learning_rate=args.lr, weight_decay=0.01, max_grad_norm=1.0, seed=seed,
-        logging_steps=50, save_strategy="no", **blocks,
+        logging_steps=50, **blocks, **curve_settings(prepared, args),
+        **({"save_strategy": "steps", "save_steps": args.save_every, "save_only_model": True}
+           if args.save_every else {"save_strategy": "no"}),
     )
     config_path = write_yaml(work / f"{name}.yml", config)
     if not args.eval_only and not (args.reuse and (work / f"{name}.json").exists()):
@@ -161,23 +178,47 @@ def run_one(method: str, seed: int, prepared: dict, args, work: Path) -> dict:
         return evaluate_run(method, seed, prepared, work)
 
 
+def curve_settings(prepared: dict, args) -> dict:
+    """In-training held-out accuracy on the validation split (``cot_format.eval_accuracy_samples``)."""
+    if not args.curve_every:
+        return {}
+    return {"test_datasets": [{"path": str(prepared["val_path"]), "type": ICOT, "split": "train"}],
+            "eval_strategy": "steps", "eval_steps": args.curve_every, "eval_batch_size": 100,
+            "cot_format": {"eval_accuracy_samples": len(prepared["val"])}}
+
+
 def evaluate_run(method: str, seed: int, prepared: dict, work: Path) -> dict:
     """Accuracy of a finished run's saved model, with its training record."""
     name = f"{method}_s{seed}"
     result = json.loads((work / f"{name}.json").read_text())
     model_dir = work / "out" / name
-    shift = prepared["cot_tokens"] if method == "si" else 0
-    scores = {
-        "with_cot": greedy_accuracy(model_dir, prepared["test"], True),
-        "no_cot": greedy_accuracy(model_dir, prepared["test"], False, position_shift=shift),
-    }
+    import yaml
+
+    removal = yaml.safe_load((work / f"{name}.yml").read_text()).get("cot_removal") or {}
+    shift = prepared["cot_tokens"] if removal.get("keep_position") else 0
+    cot_modes = {"with_cot": method != "no_cot" and method != "si", "no_cot": method in ("si", "no_cot", "cot")}
+    scores, val_scores = {}, {}
+    for mode, wanted in cot_modes.items():
+        if wanted:
+            with_cot = mode == "with_cot"
+            scores[mode] = greedy_accuracy(model_dir, prepared["test"], with_cot, position_shift=0 if with_cot else shift)
+            val_scores[mode] = greedy_accuracy(model_dir, prepared["val"], with_cot, position_shift=0 if with_cot else shift)
+        else:
+            scores[mode] = val_scores[mode] = (float("nan"), float("nan"))
     accuracy = {mode: exact for mode, (exact, _) in scores.items()}
     digit_accuracy = {mode: round(digits, 4) for mode, (_, digits) in scores.items()}
     losses = [entry["loss"] for entry in result.get("log_history", []) if "loss" in entry]
     record = {"method": method, "seed": seed, "steps": len(result.get("step_seconds", [])),
               "train_seconds": round(result["train_call_seconds"], 1), "final_loss": losses[-1] if losses else None,
               "median_step_s": round(statistics.median(result["step_seconds"]), 3),
-              "accuracy": accuracy, "digit_accuracy": digit_accuracy, "config": str(work / f"{name}.yml")}
+              "accuracy": accuracy, "digit_accuracy": digit_accuracy,
+              "val_accuracy": {mode: exact for mode, (exact, _) in val_scores.items()},
+              "val_digit_accuracy": {mode: round(digits, 4) for mode, (_, digits) in val_scores.items()},
+              "curve": [{k: entry[k] for k in entry if k in ("step", "eval_loss", "eval_accuracy_cot",
+                                                           "eval_accuracy_no_cot", "cot_removal/scheduled")}
+                        for entry in result.get("log_history", [])
+                        if any(k in entry for k in ("eval_accuracy_cot", "cot_removal/scheduled"))],
+              "parameters": prepared["parameters"], "config": str(work / f"{name}.yml")}
     print(json.dumps(record), flush=True)
     return record
 
@@ -194,6 +235,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--val-count", type=int, default=200, help="validation problems (seed 3)")
+    parser.add_argument("--curve-every", type=int, default=0,
+                        help="log held-out accuracy on the validation split every N steps (0: off)")
+    parser.add_argument("--save-every", type=int, default=0, help="save the weights every N steps (curves)")
+    parser.add_argument("--smoothing", type=float, default=4, help="SI: λ")
+    parser.add_argument("--reset", action="store_true", help="SI: reset the optimizer at each removal")
+    parser.add_argument("--no-keep-position", action="store_true", help="SI: positions restart after removal")
     parser.add_argument("--start-epoch", type=int, default=2, help="SI: full-CoT epochs first")
     parser.add_argument("--tokens-per-epoch", type=float, default=16, help="SI: Δ")
     parser.add_argument("--remove-all-at", type=int, default=None, help="SI: K (default: never jump)")
@@ -209,11 +258,11 @@ def main(argv=None) -> dict:
     if args.quick:
         args.digits, args.train_count, args.test_count, args.epochs, args.methods = 3, 1000, 100, 2, "cot,si"
         args.start_epoch, args.tokens_per_epoch, args.hidden, args.layers = 1, 40, 64, 2
-    model_kwargs = dict(hidden=args.hidden, layers=args.layers, heads=4, max_positions=256, seed=0)
+    model_kwargs = dict(hidden=args.hidden, layers=args.layers, heads=args.heads, max_positions=256, seed=0)
     work = WORK_DIR / ("effect_quick" if args.quick else f"effect_{args.digits}x{args.digits}{args.tag}")
     work.mkdir(parents=True, exist_ok=True)
     note = machine_note()
-    prepared = prepare(work, args.digits, args.train_count, args.test_count, model_kwargs)
+    prepared = prepare(work, args.digits, args.train_count, args.test_count, model_kwargs, args.val_count)
     print(f"CoT tokens per example {prepared['cot_tokens']}, sequence {prepared['sequence_tokens']} tokens", flush=True)
     jobs = [(method, int(seed)) for seed in args.seeds.split(",") for method in args.methods.split(",")]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -222,11 +271,12 @@ def main(argv=None) -> dict:
     for method in args.methods.split(","):
         runs = [r for r in records if r["method"] == method]
         table[method] = {
-            f"{metric}_{mode}" if metric == "digit_accuracy" else mode: {
+            f"{metric}_{mode}" if metric != "accuracy" else mode: {
                 "values": [r[metric][mode] for r in runs], "median": statistics.median(r[metric][mode] for r in runs)}
-            for metric in ("accuracy", "digit_accuracy") for mode in ("with_cot", "no_cot")
+            for metric in ("accuracy", "digit_accuracy", "val_accuracy") for mode in ("with_cot", "no_cot")
         }
     result = {"command": command_line(), "machine": note, "args": vars(args), "model": model_kwargs,
+              "parameters": prepared["parameters"],
               "cot_tokens": prepared["cot_tokens"], "sequence_tokens": prepared["sequence_tokens"],
               "test_problems": len(prepared["test"]), "runs": records, "table": table}
     save_json(work / "effect_result.json", result)
