@@ -255,3 +255,36 @@ def test_collator_refuses_a_cot_mask_out_of_step_with_the_tokens(gsm8k):
     row["labels"], row["attention_mask"] = row["labels"][:20], row["attention_mask"][:20]
     with pytest.raises(ValueError, match="`cot_mask` has"):
         CoTSpanCollator(DataCollatorForSeq2Seq(tokenizer, padding=True))([row])
+
+
+def test_same_rows_and_schedule_as_through_axolotl(gsm8k, shared_data, tmp_path):
+    """The same GSM8K rows through axolotl's gsm8k strategy and through `tokenize_cot`: identical
+    token rows, and the same schedule, counts and resets (axolotl shuffles its prepared data, so
+    batches differ: what each trained row holds is checked separately in both suites)."""
+    from axolotl_run import gsm8k_dataset, run_in_process, write_config, write_jsonl
+
+    from axolotl_maskthought.adapters.transformers import MaskThoughtTrainer
+
+    tokenizer, rows = gsm8k
+    model_dir = tmp_path / "model"
+    tokenizer.save_pretrained(model_dir)
+    build_model(tokenizer, "llama", hidden=32, layers=1, heads=2).save_pretrained(model_dir)
+    data = write_jsonl(tmp_path / "gsm8k.jsonl", read_jsonl(shared_data / "gsm8k" / "train.jsonl")[:ROWS])
+    removal = {"tokens_per_epoch": 2, "smoothing_lambda": None}
+    config = write_config(tmp_path / "run.yml", base_model=model_dir, datasets=[gsm8k_dataset(data)],
+                          output_dir=tmp_path / "axolotl", micro_batch_size=BATCH, num_epochs=3, max_steps=None,
+                          sequence_len=2048, cot_format={"prompt_template": "plain"}, cot_removal=removal)
+    through_axolotl = run_in_process(config).trainer
+    key = lambda row: tuple(row["input_ids"])  # noqa: E731
+    axolotl_rows = sorted(({k: list(row[k]) for k in ("input_ids", "labels", "cot_mask")}
+                           for row in through_axolotl.train_dataset), key=key)
+    assert axolotl_rows == sorted(({k: row[k] for k in ("input_ids", "labels", "cot_mask")} for row in rows), key=key)
+
+    plain, _, _ = _train(MaskThoughtTrainer, tokenizer, rows, tmp_path / "plain", cot_removal=removal)
+    assert plain.micro_batches_per_epoch == through_axolotl.micro_batches_per_epoch
+    assert plain.applied_counts == through_axolotl.applied_counts
+
+    def resets(trainer):
+        return [e["step"] for e in trainer.state.log_history if e.get("cot_removal/optimizer_reset")]
+
+    assert resets(plain) == resets(through_axolotl) and len(resets(plain)) == 5
