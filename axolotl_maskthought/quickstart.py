@@ -417,6 +417,6 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=42, help="training seed: data order, masks, removal offsets")
     parser.add_argument("--threads", type=int, default=1, metavar="N",
                         help="torch CPU threads (default 1: these models are too small to gain from more, and "
-                             "two threads per process on a busy 2-core machine ran 3-5x slower)")
+                             "two threads per process thrashed on a busy 2-core machine)")
     parser.add_argument("--verbose", action="store_true", help="show axolotl's own log output")
     parser.set_defaults(func=command)

@@ -102,7 +102,7 @@ def test_quickstart_quick_runs_and_reports(tmp_path):
         baseline, treatment = comparison["results"]
         assert comparison["verdict"] == verdict(treatment, baseline)
         assert f"Verdict: {comparison['verdict']}" in out
-        table = out[out.index(comparison["title"]):].splitlines()[1:5]
+        table = out[out.index(comparison["title"] + " ("):].splitlines()[1:5]  # the table's heading
         for result, line in zip((baseline, treatment), table[2:]):
             assert line.startswith(result["label"])
             assert f"{result['accuracy']:.3f}" in line and f"{result['correct']}/{result['n']}" in line
