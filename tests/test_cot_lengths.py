@@ -1,7 +1,7 @@
 """A removal schedule that never reaches "no CoT" is reported, with settings that fix it.
 
 Case (issue 10): 3x3 multiplication, 20,000 rows, the package's byte-level tokenizer,
-`tokens_per_epoch: 3`, `start_epoch: 2`, 14 epochs. The CoT is 48 tokens; the count
+`tokens_per_epoch: 3`, `start_epoch: 2`, 14 epochs. The CoT is 49 tokens (48 in the issue, before the official layout counted the space before the second EOS); the count
 reaches 36 by the last step, so every example still had CoT when training ended and
 `eval --no-cot` scored 0/300 with no `####` written. `schedule` printed "36 CoT tokens
 scheduled" and nothing else. Here: the report's numbers against a replay of the
@@ -217,7 +217,7 @@ def test_schedule_reports_cot_left_and_fixes_that_work(issue_case, capsys):
     path.write_text(yaml.safe_dump(config))
     out = _schedule(capsys, path)
     assert "CoT lengths: tokenized all 20000 rows with the tokenizer of" in out
-    assert "CoT lengths of the training data: min 48, p10 48, median 48, p90 48, max 48 tokens over 20000 examples" in out
+    assert "CoT lengths of the training data: min 49, p10 49, median 49, p90 49, max 49 tokens over 20000 examples" in out
     assert ("at the last optimizer step (8749) 36 CoT tokens scheduled for removal: "
             "20000 of 20000 examples (100.0%) still have CoT left") in out
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
@@ -268,7 +268,7 @@ def test_schedule_says_when_lengths_cannot_be_computed(issue_case, tmp_path, cap
 # ---- the start of `axolotl train` ---------------------------------------------------------------
 def test_train_warns_at_start_as_schedule_does(tmp_path, capsys):
     """A real, tiny `axolotl train` of the issue's settings: 48 rows, 6 micro-batches an
-    epoch, 4 epochs, Δ 3 after 2 full-CoT epochs: 5 of 48 CoT tokens by the last step."""
+    epoch, 4 epochs, Δ 3 after 2 full-CoT epochs: 5 of 49 CoT tokens by the last step."""
     lines = generate_multiplication(3, 3, 48, seed=3)
     data = tmp_path / "train.txt"
     write_lines(data, lines)
@@ -281,10 +281,10 @@ def test_train_warns_at_start_as_schedule_does(tmp_path, capsys):
     assert train.returncode == 0, train.stdout[-3000:]
     out = _schedule(capsys, config)
     report = out[out.index("CoT lengths of the training data"):].splitlines()
-    assert report[0] == "CoT lengths of the training data: min 48, p10 48, median 48, p90 48, max 48 tokens over 48 examples"
+    assert report[0] == "CoT lengths of the training data: min 49, p10 49, median 49, p90 49, max 49 tokens over 48 examples"
     assert report[1].startswith("at the last optimizer step (23) 5 CoT tokens scheduled for removal: "
                                 "48 of 48 examples (100.0%) still have CoT left")
-    assert "`num_epochs: 20` (now 4)" in out and "`cot_removal.remove_all_at: 4` (now null)" in out
+    assert "`num_epochs: 21` (now 4)" in out and "`cot_removal.remove_all_at: 4` (now null)" in out
     for line in report:  # the same report, logged when training began
         assert line.removeprefix("WARNING: ") in train.stdout, line
     assert "[WARNING]" in train.stdout.split("CoT left in 100.0%")[0].splitlines()[-1]

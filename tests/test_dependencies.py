@@ -20,11 +20,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = REPO_ROOT / "axolotl_maskthought"
 
 
-def _setup_keywords() -> dict:
-    tree = ast.parse((REPO_ROOT / "setup.py").read_text(encoding="utf-8"))
-    call = next(node for node in ast.walk(tree)
-                if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setup")
-    return {keyword.arg: keyword.value for keyword in call.keywords}
+def _distribution():
+    """setup.py's own Distribution (its code run up to ``setup()``'s arguments, nothing built)."""
+    import os
+
+    from setuptools import distutils  # noqa: F401  (setuptools' bundled distutils)
+    from distutils.core import run_setup
+
+    cwd = os.getcwd()
+    os.chdir(REPO_ROOT)
+    try:
+        return run_setup(str(REPO_ROOT / "setup.py"), stop_after="init")
+    finally:
+        os.chdir(cwd)
 
 
 def _name(requirement: str) -> str:
@@ -32,11 +40,11 @@ def _name(requirement: str) -> str:
 
 
 def install_requires() -> list[str]:
-    return [_name(item) for item in ast.literal_eval(_setup_keywords()["install_requires"])]
+    return [_name(item) for item in _distribution().install_requires]
 
 
 def extras() -> set[str]:
-    return {_name(item) for items in ast.literal_eval(_setup_keywords()["extras_require"]).values() for item in items}
+    return {_name(item) for items in _distribution().extras_require.values() for item in items}
 
 
 def closure(names: list[str]) -> set[str]:
