@@ -18,9 +18,11 @@ Usage::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -59,6 +61,20 @@ def forward_record(module, args, kwargs, keys) -> dict:
         value = values.get(key)
         entry[key] = value.detach().cpu().clone() if value is not None else None
     return entry
+
+
+@contextmanager
+def logged_records(logger_name: str):
+    """The ``logging.LogRecord`` list that ``logger_name`` emits inside the ``with`` block."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
 
 
 def _record_forward(module, args, kwargs):

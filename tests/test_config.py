@@ -4,7 +4,6 @@ and the data checks that run before any model is loaded."""
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import yaml
 from axolotl.cli.config import load_cfg
 
 import axolotl_run
-from axolotl_run import MASKTHOUGHT_PLUGIN, gsm8k_dataset, write_config, write_jsonl
+from axolotl_run import MASKTHOUGHT_PLUGIN, gsm8k_dataset, logged_records, write_config, write_jsonl
 
 ALPACA = {"path": "{data}", "ds_type": "json", "type": "alpaca"}
 
@@ -172,16 +171,9 @@ def test_skip_invalid_rows_drops_and_counts_them(workspace: dict) -> None:
         masked_thought={"ratio": 0.4},
         cot_format={"skip_invalid_rows": True},
     )
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = logging.getLogger("axolotl.maskthought.strategies")
-    logger.addHandler(handler)
-    try:
+    with logged_records("axolotl.maskthought.strategies") as records:
         axolotl_run.reset_plugins()
         preprocess(config=str(config))
-    finally:
-        logger.removeHandler(handler)
     messages = [record.getMessage() for record in records]
     assert any(f"{path}: skipping 2 invalid rows" in message for message in messages), messages
     prepared = [p.parent for p in Path(yaml.safe_load(config.read_text())["dataset_prepared_path"]).rglob("*.arrow")]
@@ -223,15 +215,8 @@ def test_plugin_listed_without_blocks_changes_nothing(workspace: dict) -> None:
 @pytest.fixture
 def config_warnings():
     """Messages our config check logs while a config is validated."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = logging.getLogger("axolotl.maskthought.config")
-    logger.addHandler(handler)
-    try:
+    with logged_records("axolotl.maskthought.config") as records:
         yield records
-    finally:
-        logger.removeHandler(handler)
 
 
 def _icot_dataset(workspace: dict) -> dict:
