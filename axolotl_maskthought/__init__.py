@@ -10,7 +10,7 @@ __all__ = ["MaskThoughtPlugin", "__version__"]
 
 def __getattr__(name):
     if name == "MaskThoughtPlugin":
-        from .adapters.axolotl.plugin import MaskThoughtPlugin
+        from axolotl_maskthought.adapters.axolotl.plugin import MaskThoughtPlugin
 
         return MaskThoughtPlugin
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

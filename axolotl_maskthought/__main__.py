@@ -1,3 +1,3 @@
-from .cli import main
+from axolotl_maskthought.cli import main
 
 raise SystemExit(main())

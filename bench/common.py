@@ -16,8 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from axolotl_maskthought.data import read_jsonl  # noqa: F401  (re-exported for the scripts)
-from axolotl_maskthought.tiny import OFFLINE_ENV, cpu_config
+from axolotl_maskthought.toy.tiny import OFFLINE_ENV, cpu_config
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -44,23 +43,43 @@ def write_yaml(path: Path, config: dict) -> Path:
 
 def base_config(model_dir: Path, dataset: dict, output_dir: Path, **overrides) -> dict:
     """A CPU-safe axolotl config, plugin off unless ``overrides`` list it; ``overrides`` win."""
-    defaults = dict(plugins=None, dataset_prepared_path=None, sequence_len=256, micro_batch_size=8,
-                    logging_steps=5, seed=0, dataset_num_proc=None)
+    defaults = dict(
+        plugins=None,
+        dataset_prepared_path=None,
+        sequence_len=256,
+        micro_batch_size=8,
+        logging_steps=5,
+        seed=0,
+        dataset_num_proc=None,
+    )
     return cpu_config(model_dir, [dataset], output_dir, **{**defaults, **overrides})
 
 
-def run_training(config_path: Path, result_path: Path, log_path: Path, timeout: float = 3600,
-                 env: dict | None = None, threads: int | None = None) -> dict:
+def run_training(
+    config_path: Path,
+    result_path: Path,
+    log_path: Path,
+    timeout: float = 3600,
+    env: dict | None = None,
+    threads: int | None = None,
+) -> dict:
     """Train ``config_path`` in a fresh process (bench/train_worker.py); returns its JSON result.
     ``threads``: torch (OpenMP/MKL) threads of that process."""
     command = [sys.executable, str(BENCH_DIR / "train_worker.py"), str(config_path), str(result_path)]
     thread_env = {} if threads is None else {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    env = {**os.environ, **OFFLINE_ENV, **thread_env, **(env or {}),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH_DIR), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        **OFFLINE_ENV,
+        **thread_env,
+        **(env or {}),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH_DIR), os.environ.get("PYTHONPATH")])),
+    }
     result_path.unlink(missing_ok=True)
     started = time.perf_counter()
     with open(log_path, "w") as log:
-        process = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, cwd=str(REPO_ROOT))
+        process = subprocess.run(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, cwd=str(REPO_ROOT)
+        )
     if process.returncode != 0 or not result_path.exists():
         tail = log_path.read_text()[-3000:]
         raise RuntimeError(f"training failed ({process.returncode}): {shlex.join(command)}\n{tail}")

@@ -1,6 +1,6 @@
 """Markdown table of ``bench/effect.py`` runs: per method, each seed's figures and median [min, max].
 
-    python bench/effect_table.py RESULT.json|LOG [...] --methods cot,mft_0.2 --mode with_cot
+python bench/effect_table.py RESULT.json|LOG [...] --methods cot,mft_0.2 --mode with_cot
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ def main(argv=None) -> None:
     parser.add_argument("--mode", choices=("with_cot", "no_cot"), default="with_cot")
     args = parser.parse_args(argv)
     runs = [run for path in args.results for run in read_runs(Path(path))]
-    print(f"| method | seeds | test exact ({args.mode}) per seed | median [min, max] | val exact | "
-          f"test digits | steps | train s per run | parameters |")
+    print(
+        f"| method | seeds | test exact ({args.mode}) per seed | median [min, max] | val exact | "
+        f"test digits | steps | train s per run | parameters |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for method in args.methods.split(","):
         mine = sorted((r for r in runs if r["method"] == method), key=lambda r: r["seed"])
@@ -33,10 +35,12 @@ def main(argv=None) -> None:
         exact = [r["accuracy"][args.mode] for r in mine]
         seconds = ", ".join(str(round(r["train_seconds"])) for r in mine)
         parameters = mine[0].get("parameters") or 0
-        print(f"| {method} | {','.join(str(r['seed']) for r in mine)} | {', '.join(f'{v:.3f}' for v in exact)} | "
-              f"{spread(exact)} | {spread([r['val_accuracy'][args.mode] for r in mine])} | "
-              f"{spread([r['digit_accuracy'][args.mode] for r in mine])} | {mine[0]['steps']} | "
-              f"{seconds} | {parameters:,} |")
+        print(
+            f"| {method} | {','.join(str(r['seed']) for r in mine)} | {', '.join(f'{v:.3f}' for v in exact)} | "
+            f"{spread(exact)} | {spread([r['val_accuracy'][args.mode] for r in mine])} | "
+            f"{spread([r['digit_accuracy'][args.mode] for r in mine])} | {mine[0]['steps']} | "
+            f"{seconds} | {parameters:,} |"
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Evaluation throughput: ``evaluate_model`` batched vs batch size 1, same model and data.
 
-In this process, ``axolotl_maskthought.evaluate.evaluate_model`` (the function behind
+In this process, ``axolotl_maskthought.eval.evaluation.evaluate_model`` (the function behind
 ``python -m axolotl_maskthought eval``) runs over the same test problems at each
 batch size, passes interleaved and repeated; examples per second as it reports
 them (generation only), median and spread, and the ratio to batch size 1 of the
@@ -28,19 +28,28 @@ from common import OFFLINE_ENV, REPO_ROOT, WORK_DIR, command_line, machine_note,
 
 
 def default_model_and_data(work: Path, count: int) -> tuple[Path, Path, str]:
-    from axolotl_maskthought.data import generate_multiplication, write_lines
+    from axolotl_maskthought.data.files import write_lines
+    from axolotl_maskthought.data.generators import generate_multiplication
 
     data = work / "mult3_test.txt"
     write_lines(data, generate_multiplication(3, 3, count, seed=2))
     trained = WORK_DIR / "effect_3x3" / "out" / "cot_s0"
     if (trained / "config.json").exists():
         return trained, data, "trained explicit-CoT GPT-2 from bench/effect.py (3x3)"
-    from axolotl_maskthought.tiny import build_tiny
+    from axolotl_maskthought.toy.tiny import build_tiny
 
     model = work / "gpt2_untrained"
     if not (model / "config.json").exists():
-        build_tiny(model, generate_multiplication(3, 3, 500, seed=1), vocab_size=300, arch="gpt2",
-                   hidden=128, layers=3, heads=4, max_positions=256)
+        build_tiny(
+            model,
+            generate_multiplication(3, 3, 500, seed=1),
+            vocab_size=300,
+            arch="gpt2",
+            hidden=128,
+            layers=3,
+            heads=4,
+            max_positions=256,
+        )
     return model, data, "untrained tiny GPT-2 (runs to max_new_tokens)"
 
 
@@ -60,8 +69,9 @@ def main(argv=None) -> dict:
         args.count, args.repeats, args.no_cli = 64, 1, True
     import torch
 
-    from axolotl_maskthought.evaluate import evaluate_model, load_model_and_tokenizer
-    from axolotl_maskthought.formats import parse_icot_line
+    from axolotl_maskthought.data.formats import parse_icot_line
+    from axolotl_maskthought.eval.evaluation import evaluate_model
+    from axolotl_maskthought.eval.loading import load_model_and_tokenizer
 
     torch.set_num_threads(args.threads)
     work = WORK_DIR / "eval_throughput"
@@ -75,23 +85,34 @@ def main(argv=None) -> dict:
     examples = [parse_icot_line(line) for line in lines]
     model, tokenizer = load_model_and_tokenizer(model_dir)
     sizes = [int(size) for size in args.batch_sizes.split(",")]
-    evaluate_model(model, tokenizer, examples[:8], "icot", batch_size=8, max_new_tokens=args.max_new_tokens,
-                   progress=False)  # warm-up
+    evaluate_model(
+        model, tokenizer, examples[:8], "icot", batch_size=8, max_new_tokens=args.max_new_tokens, progress=False
+    )  # warm-up
     rates: dict[int, list[float]] = {size: [] for size in sizes}
     accuracy: dict[int, float] = {}
     for round_index in range(args.repeats):
         order = sizes if round_index % 2 == 0 else list(reversed(sizes))
         for size in order:
-            out = evaluate_model(model, tokenizer, examples, "icot", batch_size=size,
-                                 max_new_tokens=args.max_new_tokens, progress=False)
+            out = evaluate_model(
+                model, tokenizer, examples, "icot", batch_size=size, max_new_tokens=args.max_new_tokens, progress=False
+            )
             rates[size].append(out["examples_per_second"])
             accuracy[size] = out["accuracy"]
-            print(f"round {round_index} batch {size:3d}: {out['examples_per_second']:.1f} ex/s, "
-                  f"accuracy {out['accuracy']:.3f}", flush=True)
+            print(
+                f"round {round_index} batch {size:3d}: {out['examples_per_second']:.1f} ex/s, "
+                f"accuracy {out['accuracy']:.3f}",
+                flush=True,
+            )
     base = sizes[0]
     result = {
-        "command": command_line(), "machine": note, "model": str(model_dir), "model_note": what,
-        "data": str(data), "examples": len(examples), "max_new_tokens": args.max_new_tokens, "threads": args.threads,
+        "command": command_line(),
+        "machine": note,
+        "model": str(model_dir),
+        "model_note": what,
+        "data": str(data),
+        "examples": len(examples),
+        "max_new_tokens": args.max_new_tokens,
+        "threads": args.threads,
         "examples_per_second": {size: summary(values) for size, values in rates.items()},
         "ratio_to_batch_1": {size: summary([v / b for v, b in zip(rates[size], rates[base])]) for size in sizes},
         "accuracy_by_batch_size": accuracy,
@@ -100,21 +121,40 @@ def main(argv=None) -> dict:
     if not args.no_cli:
         env = {**os.environ, **OFFLINE_ENV, "OMP_NUM_THREADS": str(args.threads)}
         for size in sizes:
-            command = [sys.executable, "-m", "axolotl_maskthought", "eval", str(model_dir), "--data", str(data),
-                       "--batch-size", str(size), "--max-new-tokens", str(args.max_new_tokens),
-                       "--limit", str(args.count), "--no-progress"]
+            command = [
+                sys.executable,
+                "-m",
+                "axolotl_maskthought",
+                "eval",
+                str(model_dir),
+                "--data",
+                str(data),
+                "--batch-size",
+                str(size),
+                "--max-new-tokens",
+                str(args.max_new_tokens),
+                "--limit",
+                str(args.count),
+                "--no-progress",
+            ]
             started = time.perf_counter()
             done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=str(REPO_ROOT))
-            result["cli"][size] = {"command": " ".join(["python", *command[1:]]), "returncode": done.returncode,
-                                   "wall_seconds": round(time.perf_counter() - started, 1),
-                                   "stdout_tail": done.stdout[-400:], "stderr_tail": done.stderr[-400:]}
+            result["cli"][size] = {
+                "command": " ".join(["python", *command[1:]]),
+                "returncode": done.returncode,
+                "wall_seconds": round(time.perf_counter() - started, 1),
+                "stdout_tail": done.stdout[-400:],
+                "stderr_tail": done.stderr[-400:],
+            }
             print(f"CLI batch {size}: {result['cli'][size]['wall_seconds']} s wall, rc {done.returncode}", flush=True)
     save_json(work / "eval_throughput_result.json", result)
     print(f"\n{result['command']}\n{note}\nmodel: {what}")
     for size in sizes:
         s, r = result["examples_per_second"][size], result["ratio_to_batch_1"][size]
-        print(f"batch {size:3d}: {s['median']:.1f} ex/s [{s['min']:.1f}, {s['max']:.1f}]  "
-              f"ratio {r['median']:.2f} [{r['min']:.2f}, {r['max']:.2f}]  accuracy {accuracy[size]:.3f}")
+        print(
+            f"batch {size:3d}: {s['median']:.1f} ex/s [{s['min']:.1f}, {s['max']:.1f}]  "
+            f"ratio {r['median']:.2f} [{r['min']:.2f}, {r['max']:.2f}]  accuracy {accuracy[size]:.3f}"
+        )
     return result
 
 

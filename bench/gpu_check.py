@@ -57,7 +57,6 @@ import traceback
 from pathlib import Path
 
 import torch
-
 from gpu_probe import Probe, callback, probed
 from gpu_report import MODES, markdown, summarise
 
@@ -65,12 +64,42 @@ from gpu_report import MODES, markdown, summarise
 # 4 modes x 6 rounds x 37 steps of 8 x <= 512 tokens, sized for ~4 minutes on one H100/H200 (estimate);
 # rounds stop early when the next would pass `budget_seconds`. The count of removed CoT tokens grows
 # every `removal_every` steps (the epoch is sized for it): resets at steps 12 and 24 (timed) and 36 (checked).
-GPU = dict(vocab=32000, hidden=2048, intermediate=5632, layers=20, heads=32, kv_heads=8, seq_len=512, batch=8,
-           rounds=6, warmup_steps=5, timed_steps=30, check_steps=2, removal_every=12, lora_steps=20, workers=2,
-           budget_seconds=420)
-SMOKE = dict(vocab=512, hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, seq_len=64, batch=4,
-             rounds=2, warmup_steps=1, timed_steps=3, check_steps=2, removal_every=2, lora_steps=4, workers=0,
-             budget_seconds=0)
+GPU = dict(
+    vocab=32000,
+    hidden=2048,
+    intermediate=5632,
+    layers=20,
+    heads=32,
+    kv_heads=8,
+    seq_len=512,
+    batch=8,
+    rounds=6,
+    warmup_steps=5,
+    timed_steps=30,
+    check_steps=2,
+    removal_every=12,
+    lora_steps=20,
+    workers=2,
+    budget_seconds=420,
+)
+SMOKE = dict(
+    vocab=512,
+    hidden=64,
+    intermediate=128,
+    layers=2,
+    heads=4,
+    kv_heads=2,
+    seq_len=64,
+    batch=4,
+    rounds=2,
+    warmup_steps=1,
+    timed_steps=3,
+    check_steps=2,
+    removal_every=2,
+    lora_steps=4,
+    workers=0,
+    budget_seconds=0,
+)
 RESERVE_SECONDS = 45  # after the rounds: sync self-test, reset check, LoRA, report
 
 
@@ -82,8 +111,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ratio", type=float, default=0.4, help="masked_thought.ratio (warm-up off)")
     parser.add_argument("--tokens-per-epoch", type=float, default=8, help="cot_removal.tokens_per_epoch")
     for name, value in GPU.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None,
-                            help=f"default {value} on CUDA, {SMOKE[name]} with --cpu-smoke")
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=int,
+            default=None,
+            help=f"default {value} on CUDA, {SMOKE[name]} with --cpu-smoke",
+        )
     opts = parser.parse_args(argv)
     for name, value in (SMOKE if opts.cpu_smoke else GPU).items():
         if getattr(opts, name) is None:
@@ -111,18 +144,25 @@ def synthetic_rows(count: int, seq_len: int, vocab_size: int, eos_id: int, seed:
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for _ in range(count):
-        length, question, answer = (int(torch.randint(low, high, (1,), generator=generator))
-                                    for low, high in ((seq_len * 3 // 4, seq_len + 1), (seq_len // 8, seq_len // 4),
-                                                      (2, max(3, seq_len // 32))))
+        length, question, answer = (
+            int(torch.randint(low, high, (1,), generator=generator))
+            for low, high in ((seq_len * 3 // 4, seq_len + 1), (seq_len // 8, seq_len // 4), (2, max(3, seq_len // 32)))
+        )
         cot = length - question - answer - 3
         ids = torch.randint(3, vocab_size, (length,), generator=generator)
         ids[question] = ids[question + 1 + cot] = ids[-1] = eos_id
         labels = ids.clone()
         labels[: question + 1] = -100
         cot_mask = torch.zeros(length, dtype=torch.long)
-        cot_mask[question + 1: question + 1 + cot] = 1
-        rows.append({"input_ids": ids.tolist(), "attention_mask": [1] * length, "labels": labels.tolist(),
-                     "cot_mask": cot_mask.tolist()})
+        cot_mask[question + 1 : question + 1 + cot] = 1
+        rows.append(
+            {
+                "input_ids": ids.tolist(),
+                "attention_mask": [1] * length,
+                "labels": labels.tolist(),
+                "cot_mask": cot_mask.tolist(),
+            }
+        )
     return rows
 
 
@@ -130,10 +170,17 @@ def build_model(opts, device: torch.device):
     """A randomly initialised ``LlamaForCausalLM`` (sdpa attention), bf16 on CUDA, fp32 on the CPU."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=opts.vocab, hidden_size=opts.hidden, intermediate_size=opts.intermediate,
-                         num_hidden_layers=opts.layers, num_attention_heads=opts.heads,
-                         num_key_value_heads=opts.kv_heads, max_position_embeddings=opts.seq_len,
-                         tie_word_embeddings=False, attn_implementation="sdpa")
+    config = LlamaConfig(
+        vocab_size=opts.vocab,
+        hidden_size=opts.hidden,
+        intermediate_size=opts.intermediate,
+        num_hidden_layers=opts.layers,
+        num_attention_heads=opts.heads,
+        num_key_value_heads=opts.kv_heads,
+        max_position_embeddings=opts.seq_len,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+    )
     torch.manual_seed(opts.seed)
     with torch.device(device):
         model = LlamaForCausalLM(config)
@@ -146,25 +193,44 @@ def make_trainer(mode: str, model, tokenizer, rows, opts, device, probe: Probe |
     from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, TrainingArguments
 
     from axolotl_maskthought.adapters.transformers import MaskThoughtTrainer
-    from axolotl_maskthought.args import CoTRemovalConfig, MaskedThoughtConfig
-    from axolotl_maskthought.collator import CoTSpanCollator
+    from axolotl_maskthought.config import CoTRemovalConfig, MaskedThoughtConfig
+    from axolotl_maskthought.engine.collator import CoTSpanCollator
 
     cuda = device.type == "cuda"
     settings = dict(
-        output_dir=os.path.join(tempfile.gettempdir(), "gpu_check"), per_device_train_batch_size=opts.batch, max_steps=max_steps,
-        learning_rate=1e-5, lr_scheduler_type="constant", weight_decay=0.01, seed=opts.seed, bf16=cuda,
-        use_cpu=not cuda, optim="adamw_torch_fused" if cuda else "adamw_torch", dataloader_num_workers=opts.workers,
-        logging_strategy="no", save_strategy="no", report_to=[], disable_tqdm=True)
-    kwargs = dict(model=model, args=TrainingArguments(**{**settings, **overrides}), train_dataset=rows,
-                  processing_class=tokenizer, callbacks=[callback(probe)] if probe else [],
-                  data_collator=CoTSpanCollator(DataCollatorForSeq2Seq(tokenizer, padding=True)))
+        output_dir=os.path.join(tempfile.gettempdir(), "gpu_check"),
+        per_device_train_batch_size=opts.batch,
+        max_steps=max_steps,
+        learning_rate=1e-5,
+        lr_scheduler_type="constant",
+        weight_decay=0.01,
+        seed=opts.seed,
+        bf16=cuda,
+        use_cpu=not cuda,
+        optim="adamw_torch_fused" if cuda else "adamw_torch",
+        dataloader_num_workers=opts.workers,
+        logging_strategy="no",
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+    )
+    kwargs = dict(
+        model=model,
+        args=TrainingArguments(**{**settings, **overrides}),
+        train_dataset=rows,
+        processing_class=tokenizer,
+        callbacks=[callback(probe)] if probe else [],
+        data_collator=CoTSpanCollator(DataCollatorForSeq2Seq(tokenizer, padding=True)),
+    )
     if mode == "off":
         trainer = probed(Trainer)(**kwargs)
     else:
         masking, removal = mode in ("masked_thought", "both"), mode in ("cot_removal", "both")
         trainer = probed(MaskThoughtTrainer)(
-            **kwargs, masked_thought=MaskedThoughtConfig(ratio=opts.ratio, warmup=0.0) if masking else None,
-            cot_removal=CoTRemovalConfig(tokens_per_epoch=opts.tokens_per_epoch) if removal else None)
+            **kwargs,
+            masked_thought=MaskedThoughtConfig(ratio=opts.ratio, warmup=0.0) if masking else None,
+            cot_removal=CoTRemovalConfig(tokens_per_epoch=opts.tokens_per_epoch) if removal else None,
+        )
     trainer.probe = probe
     trainer.remove_callback(PrinterCallback)  # logs stay in trainer.state.log_history
     return trainer
@@ -204,12 +270,13 @@ def reset_check(device: torch.device, seed: int) -> dict:
     (a) the reset optimizer, (b) a fresh optimizer on a copy of the parameters,
     (c) a copy of the used optimizer, not reset (the control: it must differ).
     """
-    from axolotl_maskthought.ops.optimizer_reset import reset_optimizer_state
+    from axolotl_maskthought.engine.optimizer_reset import reset_optimizer_state
 
     generator = torch.Generator().manual_seed(seed)
     hyper = dict(lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01, fused=True)
     results = {}
     for dtype in (torch.float32, torch.bfloat16):
+
         def randn(shape):
             return torch.randn(shape, generator=generator).to(device, dtype)
 
@@ -236,14 +303,20 @@ def reset_check(device: torch.device, seed: int) -> dict:
         def max_diff(a, b):
             return max(float((x.float() - y.float()).abs().max()) for x, y in zip(a, b))
 
-        state_diff = max(max_diff([used.state[p][k] for k in sorted(used.state[p])],
-                                  [fresh.state[q][k] for k in sorted(fresh.state[q])])
-                         for p, q in zip(params, fresh_params))
+        state_diff = max(
+            max_diff(
+                [used.state[p][k] for k in sorted(used.state[p])], [fresh.state[q][k] for k in sorted(fresh.state[q])]
+            )
+            for p, q in zip(params, fresh_params)
+        )
         same_keys = all(sorted(used.state[p]) == sorted(fresh.state[q]) for p, q in zip(params, fresh_params))
         results[str(dtype).replace("torch.", "")] = {
-            "reset_entries": reset_entries, "max_abs_diff_params": max_diff(after_reset, fresh_step),
-            "max_abs_diff_state": state_diff, "same_state_keys": same_keys,
-            "control_max_abs_diff_without_reset": max_diff(control_step, fresh_step)}
+            "reset_entries": reset_entries,
+            "max_abs_diff_params": max_diff(after_reset, fresh_step),
+            "max_abs_diff_state": state_diff,
+            "same_state_keys": same_keys,
+            "control_max_abs_diff_without_reset": max_diff(control_step, fresh_step),
+        }
     return {"optimizer": "torch.optim.AdamW(fused=True)", "device": str(device), **results}
 
 
@@ -251,20 +324,43 @@ def lora_check(model, tokenizer, rows, opts, device) -> dict:
     """LoRA (peft) on the attention projections, both techniques on: does it train, stay finite?"""
     from peft import LoraConfig, get_peft_model
 
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(
+            r=8,
+            lora_alpha=16,
+            lora_dropout=0.0,
+            task_type="CAUSAL_LM",
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        ),
+    )
     named = dict(peft_model.named_parameters())
     base_name = next(name for name in named if name.endswith("q_proj.base_layer.weight"))
     base_before = named[base_name].detach().clone()
-    trainer = make_trainer("both", peft_model, tokenizer, rows, opts, device, None, opts.lora_steps,
-                           logging_strategy="steps", logging_steps=1, learning_rate=1e-3)
+    trainer = make_trainer(
+        "both",
+        peft_model,
+        tokenizer,
+        rows,
+        opts,
+        device,
+        None,
+        opts.lora_steps,
+        logging_strategy="steps",
+        logging_steps=1,
+        learning_rate=1e-3,
+    )
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return {"mode": "both", "steps": opts.lora_steps, "losses": losses,
-            "trainable_parameters": sum(p.numel() for p in named.values() if p.requires_grad),
-            "loss_finite": bool(losses) and all(math.isfinite(loss) for loss in losses),
-            "adapter_trained": any(float(p.detach().abs().sum()) > 0 for name, p in named.items() if "lora_B" in name),
-            "base_unchanged": torch.equal(base_before, named[base_name].detach())}
+    return {
+        "mode": "both",
+        "steps": opts.lora_steps,
+        "losses": losses,
+        "trainable_parameters": sum(p.numel() for p in named.values() if p.requires_grad),
+        "loss_finite": bool(losses) and all(math.isfinite(loss) for loss in losses),
+        "adapter_trained": any(float(p.detach().abs().sum()) > 0 for name, p in named.items() if "lora_B" in name),
+        "base_unchanged": torch.equal(base_before, named[base_name].detach()),
+    }
 
 
 def guarded(errors: dict, name: str, fn, *args):
@@ -297,8 +393,13 @@ def main(argv=None) -> int:
         print(f"[{time.perf_counter() - started:6.1f}s] {text}", flush=True)
 
     tokenizer = build_tokenizer(opts.vocab)
-    rows = synthetic_rows(opts.batch * round(opts.removal_every * opts.tokens_per_epoch), opts.seq_len,
-                          opts.vocab, tokenizer.eos_token_id, opts.seed)
+    rows = synthetic_rows(
+        opts.batch * round(opts.removal_every * opts.tokens_per_epoch),
+        opts.seq_len,
+        opts.vocab,
+        tokenizer.eos_token_id,
+        opts.seed,
+    )
     model = build_model(opts, device)
     parameters = sum(p.numel() for p in model.parameters())
     log(f"{parameters / 1e6:.1f}M-parameter Llama on {device}, {len(rows)} synthetic rows")
@@ -312,10 +413,15 @@ def main(argv=None) -> int:
         for round_index in range(opts.rounds):
             now = time.perf_counter()
             per_round = (now - rounds_started) / round_index if round_index else 0.0
-            if round_index and opts.budget_seconds and (
-                    now - started + per_round + RESERVE_SECONDS > opts.budget_seconds):
-                notes.append(f"stopped after {round_index} of {opts.rounds} rounds: "
-                             f"the next would pass --budget-seconds {opts.budget_seconds}")
+            if (
+                round_index
+                and opts.budget_seconds
+                and (now - started + per_round + RESERVE_SECONDS > opts.budget_seconds)
+            ):
+                notes.append(
+                    f"stopped after {round_index} of {opts.rounds} rounds: "
+                    f"the next would pass --budget-seconds {opts.budget_seconds}"
+                )
                 log(notes[-1])
                 break
             shift = round_index % len(MODES)
@@ -323,12 +429,17 @@ def main(argv=None) -> int:
                 run = train_once(mode, model, tokenizer, rows, opts, device, probe)
                 runs.append({"round": round_index, "position": position, **run})
                 peak = f"{run['peak_bytes'] / 2**30:.2f} GiB" if run["peak_bytes"] else "n/a"
-                log(f"round {round_index} {mode:>14}: {run['step_seconds'] * 1e3:8.2f} ms/step, peak {peak}, "
-                    f"resets {run['resets']}, syncs/step {run['syncs_per_step']}")
+                log(
+                    f"round {round_index} {mode:>14}: {run['step_seconds'] * 1e3:8.2f} ms/step, peak {peak}, "
+                    f"resets {run['resets']}, syncs/step {run['syncs_per_step']}"
+                )
 
     guarded(errors, "rounds", all_rounds)
-    selftest = guarded(errors, "sync_selftest", probe.count_syncs,
-                       lambda: torch.ones(4, device=device).sum().item()) if cuda else None
+    selftest = (
+        guarded(errors, "sync_selftest", probe.count_syncs, lambda: torch.ones(4, device=device).sum().item())
+        if cuda
+        else None
+    )
     reset = guarded(errors, "reset_check", reset_check, device, opts.seed) or {}
     log(f"fused AdamW reset check: {reset}")
     lora = guarded(errors, "lora", lora_check, model, tokenizer, rows, opts, device) or {}
@@ -338,31 +449,61 @@ def main(argv=None) -> int:
     if cuda:
         checks["sync_counter_selftest_one_item_is_one_sync"] = selftest == 1
     checks["fused_adamw_reset_equals_fresh"] = bool(reset) and all(
-        r["max_abs_diff_params"] == 0 and r["max_abs_diff_state"] == 0 and r["same_state_keys"]
-        and r["control_max_abs_diff_without_reset"] > 0 for r in reset.values() if isinstance(r, dict))
-    checks["lora_trains_finite"] = bool(lora) and lora["loss_finite"] and lora["adapter_trained"] and lora["base_unchanged"]
+        r["max_abs_diff_params"] == 0
+        and r["max_abs_diff_state"] == 0
+        and r["same_state_keys"]
+        and r["control_max_abs_diff_without_reset"] > 0
+        for r in reset.values()
+        if isinstance(r, dict)
+    )
+    checks["lora_trains_finite"] = (
+        bool(lora) and lora["loss_finite"] and lora["adapter_trained"] and lora["base_unchanged"]
+    )
     checks["no_errors"] = not errors
-    skipped = [] if cuda else [
-        "sync counting (CUDA sync debug mode) and its self-test: need CUDA; host reads of this package's code listed instead",
-        "peak memory: torch.cuda.max_memory_allocated needs CUDA",
-        "bf16: the CPU smoke run trains in fp32, one torch thread",
-        "speed and memory targets: not judged on the CPU (timings of a tiny model say nothing about a GPU)"]
+    skipped = (
+        []
+        if cuda
+        else [
+            "sync counting (CUDA sync debug mode) and its self-test: need CUDA; host reads of this package's code listed instead",
+            "peak memory: torch.cuda.max_memory_allocated needs CUDA",
+            "bf16: the CPU smoke run trains in fp32, one torch thread",
+            "speed and memory targets: not judged on the CPU (timings of a tiny model say nothing about a GPU)",
+        ]
+    )
     if not cuda:
         summary["targets"] = [{**t, "met": None} for t in summary.get("targets", [])]
     report = {
         "kind": "cuda" if cuda else "cpu-smoke",
-        "environment": {"device_name": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu",
-                        "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
-                        "peft": peft.__version__, "python": platform.python_version(),
-                        "axolotl_imported": any(name.split(".")[0] == "axolotl" for name in sys.modules)},
+        "environment": {
+            "device_name": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu",
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "python": platform.python_version(),
+            "axolotl_imported": any(name.split(".")[0] == "axolotl" for name in sys.modules),
+        },
         "settings": vars(opts),
-        "model": {"parameters": parameters, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-                  "attention": model.config._attn_implementation, "layers": opts.layers, "hidden": opts.hidden},
+        "model": {
+            "parameters": parameters,
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "attention": model.config._attn_implementation,
+            "layers": opts.layers,
+            "hidden": opts.hidden,
+        },
         "baseline": "plain transformers.Trainer (same rows and collator; cot_mask dropped as an unused column)",
         "sync_method": "torch.cuda.set_sync_debug_mode('warn') on the check steps; each warning counted for its "
-                       "optimizer step and attributed to the innermost Python frame outside torch",
-        "sync_selftest": selftest, "checks": checks, "all_checks_passed": all(checks.values()), "errors": errors,
-        "summary": summary, "reset_check": reset, "lora": lora, "runs": runs, "skipped": skipped, "notes": notes,
+        "optimizer step and attributed to the innermost Python frame outside torch",
+        "sync_selftest": selftest,
+        "checks": checks,
+        "all_checks_passed": all(checks.values()),
+        "errors": errors,
+        "summary": summary,
+        "reset_check": reset,
+        "lora": lora,
+        "runs": runs,
+        "skipped": skipped,
+        "notes": notes,
         "wall_seconds": time.perf_counter() - started,
     }
     (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))

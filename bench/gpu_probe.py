@@ -36,8 +36,22 @@ from torch.utils._pytree import tree_leaves
 PACKAGE = "axolotl_maskthought"
 SYNC_WARNING = "called a synchronizing CUDA operation"
 # Calls that read tensor data on the host (a sync on CUDA); boolean-mask indexing is checked apart.
-HOST_READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "argwhere",
-              "masked_select", "unique", "unique_consecutive", "cpu", "numpy", "repeat_interleave"}
+HOST_READS = {
+    "item",
+    "tolist",
+    "__bool__",
+    "__int__",
+    "__float__",
+    "__index__",
+    "nonzero",
+    "argwhere",
+    "masked_select",
+    "unique",
+    "unique_consecutive",
+    "cpu",
+    "numpy",
+    "repeat_interleave",
+}
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
 
@@ -46,12 +60,16 @@ def site(depth: int = 2) -> str:
     frame = sys._getframe(depth)
     while frame is not None:
         name = frame.f_code.co_filename
-        if not (name.startswith(_TORCH_DIR) or name.startswith("<") or name == __file__
-                or os.path.basename(name) == "warnings.py"):
+        if not (
+            name.startswith(_TORCH_DIR)
+            or name.startswith("<")
+            or name == __file__
+            or os.path.basename(name) == "warnings.py"
+        ):
             parts = Path(name).parts
             for anchor in (PACKAGE, "transformers", "accelerate", "peft"):
                 if anchor in parts:
-                    return "/".join(parts[parts.index(anchor):]) + f":{frame.f_lineno}"
+                    return "/".join(parts[parts.index(anchor) :]) + f":{frame.f_lineno}"
             return f"{os.path.basename(name)}:{frame.f_lineno}"
         frame = frame.f_back
     return "?"
@@ -69,7 +87,7 @@ def _tensors(tree) -> list[torch.Tensor]:
 class OpRecorder(TorchFunctionMode):
     """Hands the torch calls made from this package's code to the probe, unless ``paused``."""
 
-    def __init__(self, probe: "Probe"):
+    def __init__(self, probe: Probe):
         super().__init__()
         self.probe, self.paused = probe, False
 
@@ -186,13 +204,22 @@ class Probe:
                 trained = raw["labels"] != -100
                 changed += int(((raw["input_ids"] != new["input_ids"]) & trained).sum())
                 eligible += int(trained.sum())
-        return {"step_seconds": self.step_seconds, "peak_bytes": self.peak_bytes, "start_bytes": self.start_bytes,
-                "resets": self.resets, "syncs_per_step": [dict(c) for c in self.syncs] if self.cuda else None,
-                "sync_sites": dict(self.sync_sites), "transform_ops_per_step": self.ops / max(1, self.check),
-                "host_reads": dict(self.host_reads), "host_outputs": dict(self.host_outputs),
-                "forward_devices": sorted(self.forward_devices), "batch_devices": sorted(self.batch_devices),
-                "masked_fraction": changed / eligible if eligible else None,
-                "removed_tokens_per_row": removed / rows if rows else None, "check_steps": self.check}
+        return {
+            "step_seconds": self.step_seconds,
+            "peak_bytes": self.peak_bytes,
+            "start_bytes": self.start_bytes,
+            "resets": self.resets,
+            "syncs_per_step": [dict(c) for c in self.syncs] if self.cuda else None,
+            "sync_sites": dict(self.sync_sites),
+            "transform_ops_per_step": self.ops / max(1, self.check),
+            "host_reads": dict(self.host_reads),
+            "host_outputs": dict(self.host_outputs),
+            "forward_devices": sorted(self.forward_devices),
+            "batch_devices": sorted(self.batch_devices),
+            "masked_fraction": changed / eligible if eligible else None,
+            "removed_tokens_per_row": removed / rows if rows else None,
+            "check_steps": self.check,
+        }
 
 
 def callback(probe: Probe):

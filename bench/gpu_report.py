@@ -9,9 +9,13 @@ import statistics
 from gpu_probe import PACKAGE
 
 MODES = ("off", "masked_thought", "cot_removal", "both")
-TARGETS = [("masked_thought", "step_time", 1.01), ("cot_removal", "step_time", 1.00),
-           ("masked_thought", "peak_memory", 1.01), ("cot_removal", "peak_memory", 1.01),
-           ("both", "peak_memory", 1.01)]
+TARGETS = [
+    ("masked_thought", "step_time", 1.01),
+    ("cot_removal", "step_time", 1.00),
+    ("masked_thought", "peak_memory", 1.01),
+    ("cot_removal", "peak_memory", 1.01),
+    ("both", "peak_memory", 1.01),
+]
 
 
 def spread(values) -> dict | None:
@@ -26,10 +30,17 @@ def summarise(runs: list[dict], opts, device_type: str) -> dict:
     rounds = collections.defaultdict(dict)
     for run in runs:
         rounds[run["round"]][run["mode"]] = run
-    ratios = {mode: {metric: spread(r[mode][key] / r["off"][key] for r in rounds.values()
-                                    if mode in r and "off" in r and r["off"][key] and r[mode][key] is not None)
-                     for metric, key in (("step_time", "step_seconds"), ("peak_memory", "peak_bytes"))}
-              for mode in MODES[1:]}
+    ratios = {
+        mode: {
+            metric: spread(
+                r[mode][key] / r["off"][key]
+                for r in rounds.values()
+                if mode in r and "off" in r and r["off"][key] and r[mode][key] is not None
+            )
+            for metric, key in (("step_time", "step_seconds"), ("peak_memory", "peak_bytes"))
+        }
+        for mode in MODES[1:]
+    }
     modes = {}
     for mode in MODES:
         mine = [run for run in runs if run["mode"] == mode]
@@ -51,12 +62,16 @@ def summarise(runs: list[dict], opts, device_type: str) -> dict:
             "transform_ops_per_step": spread(run["transform_ops_per_step"] for run in mine),
             "forward_devices": sorted({d for run in mine for d in run["forward_devices"]}),
             "batch_devices": sorted({d for run in mine for d in run["batch_devices"]}),
-            "resets": [run["resets"] for run in mine], "expected_resets": [run["expected_resets"] for run in mine],
+            "resets": [run["resets"] for run in mine],
+            "expected_resets": [run["expected_resets"] for run in mine],
             "masked_fraction": spread(run["masked_fraction"] for run in mine),
             "removed_tokens_per_row": spread(run["removed_tokens_per_row"] for run in mine),
         }
-    on_device = all(d.startswith(device_type) for m in modes.values() for d in m["forward_devices"] + m["batch_devices"])
+    on_device = all(
+        d.startswith(device_type) for m in modes.values() for d in m["forward_devices"] + m["batch_devices"]
+    )
     expected_fraction = opts.ratio * (1 - 1 / opts.vocab)
+
     def field(mode, key, name):
         return modes[mode][key][name] if modes[mode][key] else None
 
@@ -75,10 +90,22 @@ def summarise(runs: list[dict], opts, device_type: str) -> dict:
     targets = []
     for mode, metric, limit in TARGETS:
         value = ratios[mode][metric]["median"] if ratios[mode][metric] else None
-        targets.append({"mode": mode, "metric": metric, "median_ratio": value, "target": f"<= {limit:.2f}",
-                        "met": None if value is None else value <= limit})
-    return {"ratios_vs_off": ratios, "modes": modes, "checks": checks, "targets": targets,
-            "expected_masked_fraction": expected_fraction}
+        targets.append(
+            {
+                "mode": mode,
+                "metric": metric,
+                "median_ratio": value,
+                "target": f"<= {limit:.2f}",
+                "met": None if value is None else value <= limit,
+            }
+        )
+    return {
+        "ratios_vs_off": ratios,
+        "modes": modes,
+        "checks": checks,
+        "targets": targets,
+        "expected_masked_fraction": expected_fraction,
+    }
 
 
 def _fmt(stat, digits: int = 3) -> str:
@@ -90,25 +117,38 @@ def _fmt(stat, digits: int = 3) -> str:
 def markdown(report: dict) -> str:
     """A short human summary of ``report`` (every figure is also in the JSON)."""
     env, summary, opts, model = report["environment"], report["summary"], report["settings"], report["model"]
-    lines = [f"# GPU check: {env['device_name']}", "",
-             f"torch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}, Python {env['python']}; "
-             f"{model['parameters'] / 1e6:.1f}M-parameter Llama, {model['dtype']}, {model['attention']} attention; "
-             f"batch {opts['batch']} x up to {opts['seq_len']} tokens; "
-             f"{len({run['round'] for run in report['runs']})} of {opts['rounds']} rounds (mode order rotated), "
-             f"{opts['warmup_steps']} warm-up + {opts['timed_steps']} timed + {opts['check_steps']} check steps per run; "
-             f"baseline: {report['baseline']}. Total {report['wall_seconds']:.0f} s.", ""]
+    lines = [
+        f"# GPU check: {env['device_name']}",
+        "",
+        f"torch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}, Python {env['python']}; "
+        f"{model['parameters'] / 1e6:.1f}M-parameter Llama, {model['dtype']}, {model['attention']} attention; "
+        f"batch {opts['batch']} x up to {opts['seq_len']} tokens; "
+        f"{len({run['round'] for run in report['runs']})} of {opts['rounds']} rounds (mode order rotated), "
+        f"{opts['warmup_steps']} warm-up + {opts['timed_steps']} timed + {opts['check_steps']} check steps per run; "
+        f"baseline: {report['baseline']}. Total {report['wall_seconds']:.0f} s.",
+        "",
+    ]
     modes = summary.get("modes", {})
     if modes:
-        lines += ["| mode | step time vs off | peak memory vs off | s/step | syncs/step | of which this package "
-                  "| host reads/step in this package | resets (expected) |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| mode | step time vs off | peak memory vs off | s/step | syncs/step | of which this package "
+            "| host reads/step in this package | resets (expected) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for mode, m in modes.items():
             r = summary["ratios_vs_off"].get(mode, {})
-            lines.append(f"| {mode} | {_fmt(r.get('step_time'))} | {_fmt(r.get('peak_memory'))} "
-                         f"| {_fmt(m['step_seconds'], 4)} | {_fmt(m['syncs_per_step'], 1)} "
-                         f"| {_fmt(m['plugin_syncs_per_step'], 1)} | {m['plugin_host_reads_per_step']:.1f} "
-                         f"| {sum(m['resets'])} ({sum(m['expected_resets'])}) |")
-        lines += ["", "Ratios: median [min, max] over rounds, each against `off` of the same round. "
-                  f"Syncs: {report['sync_method']}.", ""]
+            lines.append(
+                f"| {mode} | {_fmt(r.get('step_time'))} | {_fmt(r.get('peak_memory'))} "
+                f"| {_fmt(m['step_seconds'], 4)} | {_fmt(m['syncs_per_step'], 1)} "
+                f"| {_fmt(m['plugin_syncs_per_step'], 1)} | {m['plugin_host_reads_per_step']:.1f} "
+                f"| {sum(m['resets'])} ({sum(m['expected_resets'])}) |"
+            )
+        lines += [
+            "",
+            "Ratios: median [min, max] over rounds, each against `off` of the same round. "
+            f"Syncs: {report['sync_method']}.",
+            "",
+        ]
     for t in summary.get("targets", []):
         verdict = "n/a" if t["met"] is None else ("met" if t["met"] else "NOT met")
         value = "n/a" if t["median_ratio"] is None else f"{t['median_ratio']:.3f}"
@@ -118,5 +158,9 @@ def markdown(report: dict) -> str:
         sites = m["sync_sites_per_step"] or m["plugin_host_read_sites"]
         lines.append(f"- sites, {mode}: " + (", ".join(f"`{k}` {v:g}" for k, v in sites.items()) or "none"))
     lines += [f"- reset check: `{json.dumps(report['reset_check'])}`", f"- LoRA: `{json.dumps(report['lora'])}`"]
-    lines += [f"- note: {s}" for s in report["notes"]] + [f"- skipped: {s}" for s in report["skipped"]] + [f"- ERROR in {k}: see the JSON" for k in report["errors"]]
+    lines += (
+        [f"- note: {s}" for s in report["notes"]]
+        + [f"- skipped: {s}" for s in report["skipped"]]
+        + [f"- ERROR in {k}: see the JSON" for k in report["errors"]]
+    )
     return "\n".join(lines) + "\n"

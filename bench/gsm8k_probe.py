@@ -33,8 +33,8 @@ def main(argv=None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     note = common.machine_note()
 
-    from axolotl_maskthought.data import write_jsonl
-    from axolotl_maskthought.tiny import build_tiny
+    from axolotl_maskthought.data.files import write_jsonl
+    from axolotl_maskthought.toy.tiny import build_tiny
 
     train_path = shared_file("gsm8k", "train.jsonl")
     rows = read_jsonl(train_path, limit=300 if args.quick else None)
@@ -46,17 +46,28 @@ def main(argv=None) -> dict:
         build_tiny(model_dir, [row["question"] + "\n" + row["answer"] for row in rows], vocab_size=2048, **MODEL)
     dataset = {"path": str(train_path), "ds_type": "json", "type": "axolotl_maskthought.strategies.gsm8k"}
     plugins = ["axolotl_maskthought.MaskThoughtPlugin", "steptimer.StepTimerPlugin"]
-    config = common.base_config(model_dir, dataset, work / "out" / "sft", plugins=plugins, sequence_len=512,
-                                micro_batch_size=args.batch_size, num_epochs=args.epochs, learning_rate=args.lr,
-                                weight_decay=0.01, max_grad_norm=1.0, logging_steps=50, save_strategy="no")
+    config = common.base_config(
+        model_dir,
+        dataset,
+        work / "out" / "sft",
+        plugins=plugins,
+        sequence_len=512,
+        micro_batch_size=args.batch_size,
+        num_epochs=args.epochs,
+        learning_rate=args.lr,
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        logging_steps=50,
+        save_strategy="no",
+    )
     config_path = common.write_yaml(work / "sft.yml", config)
     trained = common.run_training(config_path, work / "sft.json", work / "sft.log", threads=args.threads)
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from axolotl_maskthought.evaluate import evaluate_model
-    from axolotl_maskthought.formats import parse_gsm8k_row
+    from axolotl_maskthought.data.formats import parse_gsm8k_row
+    from axolotl_maskthought.eval.evaluation import evaluate_model
 
     torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(work / "out" / "sft")
@@ -66,17 +77,26 @@ def main(argv=None) -> dict:
     well_formed = sum(p["extracted"] is not None for p in scored["predictions"])
     losses = [entry["loss"] for entry in trained.get("log_history", []) if "loss" in entry]
     result = {
-        "command": common.command_line(), "machine": note, "model": MODEL, "train_rows": len(rows),
-        "steps": len(trained["step_seconds"]), "train_seconds": round(trained["train_call_seconds"], 1),
-        "final_loss": losses[-1] if losses else None, "test_problems": scored["n"],
-        "accuracy": scored["accuracy"], "correct": scored["correct"], "well_formed_answers": well_formed,
+        "command": common.command_line(),
+        "machine": note,
+        "model": MODEL,
+        "train_rows": len(rows),
+        "steps": len(trained["step_seconds"]),
+        "train_seconds": round(trained["train_call_seconds"], 1),
+        "final_loss": losses[-1] if losses else None,
+        "test_problems": scored["n"],
+        "accuracy": scored["accuracy"],
+        "correct": scored["correct"],
+        "well_formed_answers": well_formed,
         "sample": [p["generation"][:300] for p in scored["predictions"][:3]],
     }
     common.save_json(work / "gsm8k_probe_result.json", result)
     print(f"\n{result['command']}\n{note}")
-    print(f"{result['steps']} steps in {result['train_seconds']} s, final loss {result['final_loss']}; "
-          f"accuracy {scored['accuracy']:.3f} ({scored['correct']}/{scored['n']}), "
-          f"well-formed '#### number' answers {well_formed}/{scored['n']}")
+    print(
+        f"{result['steps']} steps in {result['train_seconds']} s, final loss {result['final_loss']}; "
+        f"accuracy {scored['accuracy']:.3f} ({scored['correct']}/{scored['n']}), "
+        f"well-formed '#### number' answers {well_formed}/{scored['n']}"
+    )
     return result
 
 

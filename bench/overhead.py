@@ -64,8 +64,8 @@ VOCAB = 2048
 
 
 def prepare(work: Path, rows: int) -> tuple[Path, Path]:
-    from axolotl_maskthought.data import write_jsonl
-    from axolotl_maskthought.tiny import build_tiny
+    from axolotl_maskthought.data.files import write_jsonl
+    from axolotl_maskthought.toy.tiny import build_tiny
 
     data = read_jsonl(shared_file("gsm8k", "train.jsonl"), limit=rows)
     data_path = work / f"gsm8k_{rows}.jsonl"
@@ -77,8 +77,18 @@ def prepare(work: Path, rows: int) -> tuple[Path, Path]:
     return model_dir, data_path
 
 
-def training_rounds(work: Path, model_dir: Path, data_path: Path, repeats: int, steps: int, warmup: int,
-                    threads: int, names: list[str], cycle_repeats: int, packing: bool = False) -> dict:
+def training_rounds(
+    work: Path,
+    model_dir: Path,
+    data_path: Path,
+    repeats: int,
+    steps: int,
+    warmup: int,
+    threads: int,
+    names: list[str],
+    cycle_repeats: int,
+    packing: bool = False,
+) -> dict:
     extra = {"sample_packing": True, "pad_to_sequence_len": True} if packing else {}
     dataset = {"path": str(data_path), "ds_type": "json", "type": "axolotl_maskthought.strategies.gsm8k"}
     runs: dict[str, list[dict]] = {name: [] for name in names}
@@ -90,23 +100,32 @@ def training_rounds(work: Path, model_dir: Path, data_path: Path, repeats: int, 
             order.insert(round_index % (len(order) + 1), "cycle")
         for name in order:
             if name == "cycle":
-                config = base_config(model_dir, dataset, work / "out" / name, max_steps=steps + 4 * warmup,
-                                     **CONFIGS["both"], **extra)
+                config = base_config(
+                    model_dir, dataset, work / "out" / name, max_steps=steps + 4 * warmup, **CONFIGS["both"], **extra
+                )
                 config_path = write_yaml(work / "cycle.yml", config)
-                result = run_training(config_path, work / "cycle.json", work / f"cycle.{round_index}.log",
-                                      env={"STEPTIMER_CYCLE": "1"}, threads=threads)
-                pairs = list(zip(result["step_modes"], result["step_seconds"]))[4 * warmup:]
+                result = run_training(
+                    config_path,
+                    work / "cycle.json",
+                    work / f"cycle.{round_index}.log",
+                    env={"STEPTIMER_CYCLE": "1"},
+                    threads=threads,
+                )
+                pairs = list(zip(result["step_modes"], result["step_seconds"]))[4 * warmup :]
                 per_mode = {mode: statistics.median([s for m, s in pairs if m == mode]) for mode in MODES}
                 for mode in MODES:
                     cycle[mode].append(per_mode[mode] / per_mode["off"])
-                print(f"round {round_index} cycle           " + "  ".join(
-                    f"{mode} {per_mode[mode] * 1000:.0f} ms" for mode in MODES), flush=True)
+                print(
+                    f"round {round_index} cycle           "
+                    + "  ".join(f"{mode} {per_mode[mode] * 1000:.0f} ms" for mode in MODES),
+                    flush=True,
+                )
                 continue
-            config = base_config(model_dir, dataset, work / "out" / name, max_steps=steps, **CONFIGS[name],
-                                 **extra)
+            config = base_config(model_dir, dataset, work / "out" / name, max_steps=steps, **CONFIGS[name], **extra)
             config_path = write_yaml(work / f"{name}.yml", config)
-            result = run_training(config_path, work / f"{name}.json", work / f"{name}.{round_index}.log",
-                                  threads=threads)
+            result = run_training(
+                config_path, work / f"{name}.json", work / f"{name}.{round_index}.log", threads=threads
+            )
             timed = result["step_seconds"][warmup:]
             runs[name].append(
                 {
@@ -118,8 +137,11 @@ def training_rounds(work: Path, model_dir: Path, data_path: Path, repeats: int, 
                     "steps_timed": len(timed),
                 }
             )
-            print(f"round {round_index} {name:15s} median step {runs[name][-1]['median_step_s'] * 1000:7.1f} ms  "
-                  f"maxrss {runs[name][-1]['maxrss_mib']:7.1f} MiB  wall {result['wall_seconds']:.0f} s", flush=True)
+            print(
+                f"round {round_index} {name:15s} median step {runs[name][-1]['median_step_s'] * 1000:7.1f} ms  "
+                f"maxrss {runs[name][-1]['maxrss_mib']:7.1f} MiB  wall {result['wall_seconds']:.0f} s",
+                flush=True,
+            )
     ratios = {}
     for name in names:
         if not runs[name]:
@@ -141,10 +163,10 @@ def micro_benchmark(model_dir: Path, data_path: Path, repeats: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from axolotl_maskthought.args import PROMPT_TEMPLATES
-    from axolotl_maskthought.formats import parse_gsm8k_row, tokenize_gsm8k
+    from axolotl_maskthought.config import PROMPT_TEMPLATES
+    from axolotl_maskthought.data.formats import parse_gsm8k_row, tokenize_gsm8k
+    from axolotl_maskthought.engine.optimizer_reset import reset_optimizer_state
     from axolotl_maskthought.ops.masking import make_generator, mask_thought
-    from axolotl_maskthought.ops.optimizer_reset import reset_optimizer_state
     from axolotl_maskthought.ops.removal import remove_cot
     from axolotl_maskthought.ops.schedule import smoothing_distribution
 
@@ -163,8 +185,11 @@ def micro_benchmark(model_dir: Path, data_path: Path, repeats: int) -> dict:
     def pad(key, fill):
         return torch.tensor([e[key] + [fill] * (width - len(e[key])) for e in examples])
 
-    batch = {"input_ids": pad("input_ids", tokenizer.pad_token_id), "attention_mask": pad("attention_mask", 0),
-             "labels": pad("labels", -100)}
+    batch = {
+        "input_ids": pad("input_ids", tokenizer.pad_token_id),
+        "attention_mask": pad("attention_mask", 0),
+        "labels": pad("labels", -100),
+    }
     cot_mask = pad("cot_mask", 0)
     probs = smoothing_distribution(4.0)
     generator = make_generator(0, "cpu")
@@ -174,16 +199,18 @@ def micro_benchmark(model_dir: Path, data_path: Path, repeats: int) -> dict:
         mask_thought(batch["input_ids"], batch["labels"] != -100, 0.4, "random", generator, vocab_size=vocab)
 
     def removal_call():
-        remove_cot(batch, cot_mask, 10, "left", smoothing_probs=probs, generator=generator,
-                   pad_token_id=tokenizer.pad_token_id)
+        remove_cot(
+            batch, cot_mask, 10, "left", smoothing_probs=probs, generator=generator, pad_token_id=tokenizer.pad_token_id
+        )
 
     def forward_backward(inputs=batch):
         model.zero_grad(set_to_none=True)
         model(**inputs).loss.backward()
 
     # Masked Thought changes input values, not shapes: same work, unless the kernels care
-    masked_ids, _ = mask_thought(batch["input_ids"], batch["labels"] != -100, 0.4, "random", generator,
-                                 vocab_size=vocab)
+    masked_ids, _ = mask_thought(
+        batch["input_ids"], batch["labels"] != -100, 0.4, "random", generator, vocab_size=vocab
+    )
     masked_batch = {**batch, "input_ids": masked_ids}
 
     def forward_backward_masked():
@@ -206,8 +233,14 @@ def micro_benchmark(model_dir: Path, data_path: Path, repeats: int) -> dict:
 
     for fn in (masking_call, removal_call, forward_backward, optimizer_step, optimizer_reset):
         fn()  # warm-up
-    samples = {"mask_thought": [], "remove_cot": [], "forward_backward": [], "forward_backward_masked": [],
-               "adamw_step": [], "adamw_step_then_reset": []}
+    samples = {
+        "mask_thought": [],
+        "remove_cot": [],
+        "forward_backward": [],
+        "forward_backward_masked": [],
+        "adamw_step": [],
+        "adamw_step_then_reset": [],
+    }
     for _ in range(repeats):
         samples["mask_thought"].append(time_call(masking_call, 200))
         samples["remove_cot"].append(time_call(removal_call, 100))
@@ -224,7 +257,8 @@ def micro_benchmark(model_dir: Path, data_path: Path, repeats: int) -> dict:
             name: statistics.median(samples[name]) / fb for name in ("mask_thought", "remove_cot")
         },
         "masked_inputs_forward_backward_ratio": summary(
-            [m / o for m, o in zip(samples["forward_backward_masked"], samples["forward_backward"])]),
+            [m / o for m, o in zip(samples["forward_backward_masked"], samples["forward_backward"])]
+        ),
         # reset_optimizer_state alone = (step + reset) - step; once per removed token, not per step
         "optimizer_reset_seconds": reset,
         "optimizer_reset_fraction_of_forward_backward": reset / fb,
@@ -250,13 +284,31 @@ def main(argv=None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     note = machine_note()
     model_dir, data_path = prepare(work, args.rows)
-    result = {"command": command_line(), "machine": note, "model": MODEL, "vocab": VOCAB,
-              "steps": args.steps, "warmup_steps": args.warmup, "repeats": args.repeats, "threads": args.threads,
-              "cycle_repeats": args.cycle_repeats, "packing": args.packing, "removal": REMOVAL}
-    result["training"] = training_rounds(work, model_dir, data_path, args.repeats, args.steps, args.warmup,
-                                         args.threads, args.configs.split(","),
-                                         args.repeats if args.cycle_repeats is None else args.cycle_repeats,
-                                         packing=args.packing)
+    result = {
+        "command": command_line(),
+        "machine": note,
+        "model": MODEL,
+        "vocab": VOCAB,
+        "steps": args.steps,
+        "warmup_steps": args.warmup,
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "cycle_repeats": args.cycle_repeats,
+        "packing": args.packing,
+        "removal": REMOVAL,
+    }
+    result["training"] = training_rounds(
+        work,
+        model_dir,
+        data_path,
+        args.repeats,
+        args.steps,
+        args.warmup,
+        args.threads,
+        args.configs.split(","),
+        args.repeats if args.cycle_repeats is None else args.cycle_repeats,
+        packing=args.packing,
+    )
     if not args.no_micro:
         import torch
 
@@ -273,13 +325,17 @@ def print_report(result: dict) -> None:
     print(f"\n{result['command']}\n{result['machine']}")
     for name, ratio in result["training"]["ratios"].items():
         t, r = ratio["step_time_ratio"], ratio["maxrss_ratio"]
-        print(f"{name:15s} step {ratio['step_time']['median'] * 1000:7.1f} ms  ratio {t['median']:.3f} "
-              f"[{t['min']:.3f}, {t['max']:.3f}]  maxrss {ratio['maxrss_mib']['median']:.0f} MiB  "
-              f"ratio {r['median']:.3f} [{r['min']:.3f}, {r['max']:.3f}]")
+        print(
+            f"{name:15s} step {ratio['step_time']['median'] * 1000:7.1f} ms  ratio {t['median']:.3f} "
+            f"[{t['min']:.3f}, {t['max']:.3f}]  maxrss {ratio['maxrss_mib']['median']:.0f} MiB  "
+            f"ratio {r['median']:.3f} [{r['min']:.3f}, {r['max']:.3f}]"
+        )
     cycle = result["training"]["cycle_ratios"]
     if cycle:
-        print("cycle (one process, modes rotate per step), ratio to idle plugin:",
-              {mode: f"{c['median']:.3f} [{c['min']:.3f}, {c['max']:.3f}]" for mode, c in cycle.items()})
+        print(
+            "cycle (one process, modes rotate per step), ratio to idle plugin:",
+            {mode: f"{c['median']:.3f} [{c['min']:.3f}, {c['max']:.3f}]" for mode, c in cycle.items()},
+        )
     micro = result.get("micro")
     if micro is None:
         return
@@ -287,9 +343,13 @@ def print_report(result: dict) -> None:
         print(f"{name:17s} {stats['median'] * 1e3:8.3f} ms/call  [{stats['min'] * 1e3:.3f}, {stats['max'] * 1e3:.3f}]")
     print("fraction of forward+backward:", {k: round(v, 4) for k, v in micro["fraction_of_forward_backward"].items()})
     ratio = micro["masked_inputs_forward_backward_ratio"]
-    print(f"forward+backward on masked / original inputs {ratio['median']:.3f} [{ratio['min']:.3f}, {ratio['max']:.3f}]")
-    print(f"optimizer reset {micro['optimizer_reset_seconds'] * 1e3:.3f} ms "
-          f"({micro['optimizer_reset_fraction_of_forward_backward']:.4f} of forward+backward)")
+    print(
+        f"forward+backward on masked / original inputs {ratio['median']:.3f} [{ratio['min']:.3f}, {ratio['max']:.3f}]"
+    )
+    print(
+        f"optimizer reset {micro['optimizer_reset_seconds'] * 1e3:.3f} ms "
+        f"({micro['optimizer_reset_fraction_of_forward_backward']:.4f} of forward+backward)"
+    )
 
 
 if __name__ == "__main__":

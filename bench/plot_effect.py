@@ -32,8 +32,13 @@ def read_runs(path: Path, every: int = 0) -> list[dict]:
         curve = []
         for k, line in enumerate(lines):
             entry = ast.literal_eval(line)
-            curve.append({"step": k * every, "eval_accuracy_cot": float(entry["eval_accuracy_cot"]),
-                          "eval_accuracy_no_cot": float(entry["eval_accuracy_no_cot"])})
+            curve.append(
+                {
+                    "step": k * every,
+                    "eval_accuracy_cot": float(entry["eval_accuracy_cot"]),
+                    "eval_accuracy_no_cot": float(entry["eval_accuracy_no_cot"]),
+                }
+            )
         return [{"method": method, "seed": int(seed), "curve": curve}]
     return [json.loads(line) for line in path.read_text().splitlines() if line.startswith('{"method"')]
 
@@ -46,8 +51,12 @@ def main(argv=None) -> None:
     parser.add_argument("--labels", help="comma-separated legend names (default: the method names)")
     parser.add_argument("--mode", choices=sorted(METRIC), default="cot", help="with or without CoT at generation")
     parser.add_argument("--title", default="")
-    parser.add_argument("--partial-every", type=int, default=0,
-                        help="read .log files as training logs of unfinished runs, evaluated every N steps")
+    parser.add_argument(
+        "--partial-every",
+        type=int,
+        default=0,
+        help="read .log files as training logs of unfinished runs, evaluated every N steps",
+    )
     args = parser.parse_args(argv)
 
     import matplotlib
@@ -57,8 +66,11 @@ def main(argv=None) -> None:
 
     methods = args.methods.split(",")
     labels = dict(zip(methods, args.labels.split(",") if args.labels else methods))
-    runs = [run for path in args.results
-            for run in read_runs(Path(path), args.partial_every if re.search(r"_s\d+\.log$", path) else 0)]
+    runs = [
+        run
+        for path in args.results
+        for run in read_runs(Path(path), args.partial_every if re.search(r"_s\d+\.log$", path) else 0)
+    ]
     figure, axis = plt.subplots(figsize=(5, 3.2))
     for index, method in enumerate(methods):
         mine = sorted((run for run in runs if run["method"] == method), key=lambda run: run["seed"])
@@ -66,8 +78,15 @@ def main(argv=None) -> None:
             points = [(entry["step"], entry[METRIC[args.mode]]) for entry in run["curve"] if METRIC[args.mode] in entry]
             if points:
                 steps, values = zip(*points)
-                axis.plot(steps, values, color=f"C{index}", alpha=0.8, linewidth=1.2, marker=".",
-                          label=f"{labels[method]} ({len(mine)} seed{'s' if len(mine) > 1 else ''})" if number == 0 else None)
+                axis.plot(
+                    steps,
+                    values,
+                    color=f"C{index}",
+                    alpha=0.8,
+                    linewidth=1.2,
+                    marker=".",
+                    label=f"{labels[method]} ({len(mine)} seed{'s' if len(mine) > 1 else ''})" if number == 0 else None,
+                )
     axis.set_xlabel("optimizer step")
     axis.set_ylabel(f"validation accuracy ({'with' if args.mode == 'cot' else 'no'} CoT)")
     axis.set_ylim(-0.02, 1.02)

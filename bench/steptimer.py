@@ -24,7 +24,6 @@ import time
 from axolotl.integrations.base import BasePlugin
 from transformers import TrainerCallback
 
-
 MODES = ("off", "masked_thought", "cot_removal", "both")
 
 
@@ -64,8 +63,14 @@ class StepTimer(TrainerCallback):
         path = os.environ.get("STEPTIMER_OUT")
         if path:
             with open(path, "w") as handle:
-                json.dump({"step_seconds": self.durations, "step_modes": self.modes[: len(self.durations)],
-                           "log_history": state.log_history}, handle)
+                json.dump(
+                    {
+                        "step_seconds": self.durations,
+                        "step_modes": self.modes[: len(self.durations)],
+                        "log_history": state.log_history,
+                    },
+                    handle,
+                )
 
 
 def float_metrics(trainer) -> None:

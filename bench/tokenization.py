@@ -39,7 +39,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="2 repeats over the first 2,000 rows")
     args = parser.parse_args(argv)
-    from axolotl_maskthought.tiny import build_tokenizer
+    from axolotl_maskthought.toy.tiny import build_tokenizer
 
     rows = read_jsonl(shared_file("gsm8k", "train.jsonl"))
     if args.quick:
@@ -64,7 +64,7 @@ def main(argv=None) -> dict:
             for name in order:
                 strategy, data = subjects[name]
                 start = time.perf_counter()
-                for row in data[begin:begin + chunk]:
+                for row in data[begin : begin + chunk]:
                     counted[name] += len(strategy.tokenize_prompt(row)["input_ids"])
                 seconds[name] += time.perf_counter() - start
         return {name: len(rows) / seconds[name] for name in seconds}, counted
@@ -90,7 +90,9 @@ def main(argv=None) -> dict:
     }
     save_json(WORK_DIR / "tokenization_result.json", result)
     r = result["ratio_ours_to_alpaca"]
-    print(f"\n{result['command']}\n{note}\nrows {len(rows)}; tokens per pass {tokens}; same prompt length: {same_prompt}")
+    print(
+        f"\n{result['command']}\n{note}\nrows {len(rows)}; tokens per pass {tokens}; same prompt length: {same_prompt}"
+    )
     for name, stats in result["rows_per_second"].items():
         print(f"{name:7s} {stats['median']:.0f} rows/s [{stats['min']:.0f}, {stats['max']:.0f}]")
     print(f"ratio ours/alpaca {r['median']:.3f} [{r['min']:.3f}, {r['max']:.3f}]")

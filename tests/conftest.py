@@ -1,14 +1,15 @@
 """Shared fixtures: where the offline data lives, and the environment every run needs."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(
-    os.environ.get("MASKTHOUGHT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data")
-)
+# the helper modules (tiny runs, capture plugins, workers) import as top-level modules
+sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
+
+from paths import SHARED_DATA  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

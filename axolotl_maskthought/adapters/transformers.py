@@ -6,7 +6,7 @@
     SFT = with_maskthought(trl.SFTTrainer)   # or any Trainer subclass (LLaMA-Factory, ...)
 
 Rows carry ``input_ids``, ``labels`` and ``cot_mask``: make them with
-:func:`axolotl_maskthought.formats.tokenize_cot`, or with this package's
+:func:`axolotl_maskthought.data.formats.tokenize_cot`, or with this package's
 axolotl strategies. The data collator is wrapped so that ``cot_mask`` is padded.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from transformers import Trainer
 
-from ..engine import MaskThoughtMixin
+from axolotl_maskthought.engine import MaskThoughtMixin
 
 
 class MaskThoughtTrainer(MaskThoughtMixin, Trainer):

@@ -1,6 +1,6 @@
 """The framework-neutral engine: per-step state and transforms for any HF Trainer."""
 
-from .metrics import DeviceMetrics
-from .mixin import STATE_FILE, MaskThoughtMixin, show_count
+from axolotl_maskthought.engine.metrics import DeviceMetrics
+from axolotl_maskthought.engine.mixin import STATE_FILE, MaskThoughtMixin
 
-__all__ = ["DeviceMetrics", "MaskThoughtMixin", "STATE_FILE", "show_count"]
+__all__ = ["DeviceMetrics", "MaskThoughtMixin", "STATE_FILE"]

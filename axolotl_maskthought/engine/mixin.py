@@ -22,19 +22,20 @@ import os
 
 import torch
 
-from ..args import CoTRemovalConfig, MaskedThoughtConfig
-from ..collator import COT_MASK, CoTSpanCollator
-from ..ops.masking import make_generator, mask_rate, mask_thought, step_seed
-from ..ops.removal import remove_cot
-from ..ops.schedule import (
-    REMOVE_ALL,
+from axolotl_maskthought.config import CoTRemovalConfig, MaskedThoughtConfig
+from axolotl_maskthought.engine.collator import COT_MASK, CoTSpanCollator
+from axolotl_maskthought.engine.metrics import DeviceMetrics
+from axolotl_maskthought.ops.masking import make_generator, mask_rate, mask_thought, step_seed
+from axolotl_maskthought.ops.removal import remove_cot
+from axolotl_maskthought.ops.schedule import (
     first_micro_batch,
     in_full_cot_epochs,
+    logged_count,
     optimizer_step_count,
     should_reset_optimizer,
+    show_count,
     smoothing_distribution,
 )
-from .metrics import DeviceMetrics
 
 LOG = logging.getLogger("axolotl.maskthought")
 STATE_FILE = "maskthought_state.json"
@@ -46,26 +47,25 @@ FA_VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_
 
 
 def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
-
-
-def show_count(count: int) -> int:
-    """A removal count as logged: -1 stands for "the whole CoT"."""
-    return -1 if count == REMOVE_ALL else count
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
 
 
 class MaskThoughtMixin:
     """Trainer mixin: Stepwise Internalization (arXiv 2405.14838) and Masked Thought (arXiv 2403.02178).
 
     Keyword arguments added to the Trainer's: ``masked_thought`` and ``cot_removal``
-    (a :class:`~axolotl_maskthought.args.MaskedThoughtConfig` /
-    :class:`~axolotl_maskthought.args.CoTRemovalConfig`, a dict of their fields, or
+    (a :class:`~axolotl_maskthought.config.MaskedThoughtConfig` /
+    :class:`~axolotl_maskthought.config.CoTRemovalConfig`, a dict of their fields, or
     None = off). Both None: the trainer behaves exactly as its base class. They can
     also be set after construction with :meth:`configure_maskthought`.
 
     Training rows carry ``input_ids``, ``labels`` and a ``cot_mask`` column (0/1
     per token, 1 = CoT) when ``cot_removal`` or ``masked_thought.scope: reasoning``
-    is on. The data collator is wrapped in :class:`~axolotl_maskthought.collator.CoTSpanCollator`
+    is on. The data collator is wrapped in :class:`~axolotl_maskthought.engine.collator.CoTSpanCollator`
     so that ``cot_mask`` is padded like ``input_ids``.
 
     Logged with the training loss: ``masked_thought/rate``,
@@ -125,13 +125,19 @@ class MaskThoughtMixin:
         tokenizer = self.processing_class
         if config.replacement == "random":
             if tokenizer is None or not getattr(tokenizer, "vocab_size", None):
-                raise ValueError("`masked_thought.replacement: random` needs the tokenizer (`processing_class`) for its vocabulary size")
+                raise ValueError(
+                    "`masked_thought.replacement: random` needs the tokenizer (`processing_class`) for its vocabulary size"
+                )
             return None
         if tokenizer is None:
-            raise ValueError(f"`masked_thought.replacement: {config.replacement}` needs the tokenizer (`processing_class`)")
+            raise ValueError(
+                f"`masked_thought.replacement: {config.replacement}` needs the tokenizer (`processing_class`)"
+            )
         if config.replacement == "pad":
             if tokenizer.pad_token_id is None:
-                raise ValueError("`masked_thought.replacement: pad` but the tokenizer has no pad token; set `special_tokens.pad_token`")
+                raise ValueError(
+                    "`masked_thought.replacement: pad` but the tokenizer has no pad token; set `special_tokens.pad_token`"
+                )
             return tokenizer.pad_token_id
         token_id = tokenizer.convert_tokens_to_ids(config.mask_token)
         if token_id is None or token_id == tokenizer.unk_token_id:
@@ -150,7 +156,7 @@ class MaskThoughtMixin:
     def create_optimizer(self, *args, **kwargs):
         optimizer = super().create_optimizer(*args, **kwargs)
         if optimizer is not None:  # also before configure_maskthought: recording is cheap and once only
-            from ..ops.optimizer_reset import record_fresh_state
+            from axolotl_maskthought.engine.optimizer_reset import record_fresh_state
 
             record_fresh_state(optimizer)  # what a reset goes back to (Muon's use_muon, Adagrad's sum, ...)
         return optimizer
@@ -162,7 +168,9 @@ class MaskThoughtMixin:
             length = len(dataloader)
         except TypeError:
             if self.cot_removal is not None:
-                raise ValueError("`cot_removal` schedules by micro-batches per epoch: the training dataset must have a length") from None
+                raise ValueError(
+                    "`cot_removal` schedules by micro-batches per epoch: the training dataset must have a length"
+                ) from None
             return dataloader
         batches = torch.tensor(length, device=self.args.device)
         if _distributed():
@@ -194,11 +202,16 @@ class MaskThoughtMixin:
             if _distributed():
                 torch.distributed.all_reduce(all_removed, op=torch.distributed.ReduceOp.MIN)
             if should_reset_optimizer(previous, count, bool(all_removed.item())) and self.optimizer is not None:
-                from ..ops.optimizer_reset import reset_optimizer_state
+                from axolotl_maskthought.engine.optimizer_reset import reset_optimizer_state
 
                 reset = reset_optimizer_state(self.optimizer)
-                LOG.info("step %d: CoT removal count %s -> %s, optimizer state reset (%d tensors' states)",
-                         step, show_count(previous), show_count(count), reset)
+                LOG.info(
+                    "step %d: CoT removal count %s -> %s, optimizer state reset (%d tensors' states)",
+                    step,
+                    show_count(previous),
+                    show_count(count),
+                    reset,
+                )
                 self.maskthought_metrics.add("cot_removal/optimizer_reset", 1.0, "max")
         self.count_in_force = count
         self.applied_counts[step] = count
@@ -231,7 +244,9 @@ class MaskThoughtMixin:
             if in_full_cot_epochs(first, self.micro_batches_per_epoch, self.cot_removal.start_epoch):
                 self.all_cot_removed_last_batch = False
             else:
-                generator = make_generator(step_seed(self.args.seed, rank, step, micro_step, "removal"), cot_mask.device)
+                generator = make_generator(
+                    step_seed(self.args.seed, rank, step, micro_step, "removal"), cot_mask.device
+                )
                 cot_mask = self._remove_cot(batch, cot_mask, self._smoothing_probs, generator, training=True)
         if self.masked_thought is not None:
             self._mask(batch, cot_mask, step, micro_step, rank)
@@ -258,7 +273,7 @@ class MaskThoughtMixin:
             self.all_cot_removed_last_batch = result.all_cot_removed_flag()
             stats = result.stat_tensors()
             metrics = self.maskthought_metrics
-            metrics.add("cot_removal/scheduled", float(show_count(self.count_in_force)))
+            metrics.add("cot_removal/scheduled", float(logged_count(self.count_in_force)))
             metrics.add("cot_removal/removed_tokens_mean", stats["removed_tokens_mean"])
             metrics.add("cot_removal/no_cot_fraction", stats["no_cot_fraction"])
         return cot_mask
@@ -333,15 +348,20 @@ class MaskThoughtMixin:
 
     def _add_cot_length_report(self) -> None:
         """CoT lengths vs the schedule, logged when training begins (unless an adapter added its own)."""
-        from ..cot_lengths import CoTLengthReportCallback
+        from axolotl_maskthought.engine.cot_lengths import CoTLengthReportCallback
 
         callbacks = self.callback_handler.callbacks
         if self.cot_removal is None or any(isinstance(c, CoTLengthReportCallback) for c in callbacks):
             return
         by_steps = self.args.max_steps is not None and self.args.max_steps > 0
-        self.add_callback(CoTLengthReportCallback(self.cot_removal, self.train_dataset,
-                                                  "max_steps" if by_steps else "num_epochs",
-                                                  None if by_steps else self.args.num_train_epochs))
+        self.add_callback(
+            CoTLengthReportCallback(
+                self.cot_removal,
+                self.train_dataset,
+                "max_steps" if by_steps else "num_epochs",
+                None if by_steps else self.args.num_train_epochs,
+            )
+        )
 
     def _load_maskthought_state(self, checkpoint: str) -> None:
         path = os.path.join(checkpoint, STATE_FILE)

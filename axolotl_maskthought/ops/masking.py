@@ -42,9 +42,7 @@ def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
     return generator
 
 
-def select_positions(
-    eligible: torch.Tensor, rate: float, generator: torch.Generator
-) -> torch.Tensor:
+def select_positions(eligible: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
     """Each eligible position independently with probability ``rate``. (B, T) bool."""
     draws = torch.rand(eligible.shape, generator=generator, device=eligible.device)
     return eligible & (draws < rate)

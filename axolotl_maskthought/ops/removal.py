@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .schedule import sample_offsets
+from axolotl_maskthought.ops.schedule import sample_offsets
 
 SIDES = ("left", "right")
 
@@ -190,9 +190,9 @@ def remove_cot(
         # Packed rows without a mask (axolotl drops it for sdpa/eager packing): the padding
         # tail is a segment of its own, with no trained label and no CoT; not an example.
         examples = examples & ((batch["labels"].flatten() != -100) | cot)
-    is_example = torch.zeros(num_segments, dtype=torch.long, device=device).scatter_add_(
-        0, segment, examples.long()
-    ) > 0
+    is_example = (
+        torch.zeros(num_segments, dtype=torch.long, device=device).scatter_add_(0, segment, examples.long()) > 0
+    )
     return RemovalResult(
         batch=out,
         removed_per_segment=to_remove,

@@ -62,9 +62,7 @@ def smoothing_distribution(smoothing_lambda: float, support: int = SMOOTHING_SUP
     return probs
 
 
-def sample_offsets(
-    count: int, probs: torch.Tensor, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def sample_offsets(count: int, probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """``count`` independent smoothing offsets (long tensor on ``probs.device``)."""
     if count == 0:
         return torch.zeros(0, dtype=torch.long, device=probs.device)
@@ -108,3 +106,15 @@ def optimizer_step_count(
         start_epoch,
         remove_all_at,
     )
+
+
+def show_count(count: int | None) -> str:
+    """A removal count as printed: ``"all"`` for :data:`REMOVE_ALL`, ``"-"`` for None (off)."""
+    if count is None:
+        return "-"
+    return "all" if count == REMOVE_ALL else str(count)
+
+
+def logged_count(count: int) -> int:
+    """A removal count as a logged number: -1 stands for :data:`REMOVE_ALL` (the whole CoT)."""
+    return -1 if count == REMOVE_ALL else count

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from ..args import CoTFormatConfig
-from ..formats import CoTExample
+from axolotl_maskthought.config import CoTFormatConfig
+from axolotl_maskthought.data.files import local_file, read_rows
+from axolotl_maskthought.data.formats import CoTExample
 
 LOG = logging.getLogger("axolotl.maskthought.strategies")
 
@@ -33,50 +33,9 @@ def tokenization_code_fingerprint() -> str:
     """
     package = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
-    for path in [package / "formats.py", *sorted((package / "strategies").glob("*.py"))]:
+    for path in [package / "data" / "formats.py", *sorted((package / "strategies").glob("*.py"))]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
-
-
-def local_file(ds_cfg) -> Path | None:
-    """The dataset's local file, when it is one (hub datasets are checked row by row)."""
-    if not ds_cfg:
-        return None
-    files = ds_cfg.get("data_files")
-    if isinstance(files, (list, tuple)) and len(files) == 1:
-        files = files[0]
-    candidate = files if isinstance(files, str) else ds_cfg.get("path")
-    if candidate and Path(candidate).is_file():
-        return Path(candidate)
-    return None
-
-
-def read_rows(path: Path) -> list[tuple[int, object]]:
-    """(1-based line number, row) for a .jsonl/.json-lines or text file; blank lines skipped.
-
-    A .json file holding one JSON array (which axolotl also loads) gives (1-based index, row).
-    """
-    rows = []
-    if path.suffix == ".json":
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-        if text.lstrip().startswith("["):
-            try:
-                return list(enumerate(json.loads(text), start=1))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: not a valid JSON array ({err.msg}, line {err.lineno})") from None
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            if path.suffix in (".jsonl", ".json"):
-                try:
-                    rows.append((number, json.loads(line)))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}: row {number}: not valid JSON ({err.msg})") from None
-            else:
-                rows.append((number, {"text": line.rstrip("\n")}))
-    return rows
 
 
 class CoTStrategy:

@@ -43,8 +43,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..formats import IGNORE_INDEX
-from .base import LOG, CoTStrategy, format_options
+from axolotl_maskthought.data.formats import IGNORE_INDEX
+from axolotl_maskthought.strategies.base import LOG, CoTStrategy, format_options
 
 ROLES = {
     "system": "system",
@@ -111,7 +111,9 @@ def parse_conversation(row, messages_field: str | None, reasoning_field: str, th
         content = "" if content is None else content
         if not isinstance(content, str):
             raise ValueError(f"message {index}: `{content_key}` is not a string")
-        extra = {k: v for k, v in message.items() if k not in (role_key, content_key, reasoning_field) and v is not None}
+        extra = {
+            k: v for k, v in message.items() if k not in (role_key, content_key, reasoning_field) and v is not None
+        }
         reasoning = message.get(reasoning_field)
         if role != "assistant":
             turns.append(Turn(role, content, extra=extra))
@@ -153,22 +155,29 @@ class ChatTemplateCoTStrategy(CoTStrategy):
             raise ValueError("the chat_template strategy needs a fast tokenizer (offset mapping)")
         self.tokenizer = tokenizer
         self.reasoning_in_template = self._template_renders_reasoning()
-        self.eot_ids = self._eot_token_ids((cfg.get("eot_tokens") if cfg is not None else None) or [tokenizer.eos_token])
+        self.eot_ids = self._eot_token_ids(
+            (cfg.get("eot_tokens") if cfg is not None else None) or [tokenizer.eos_token]
+        )
         super().__init__(tokenizer, cfg, ds_cfg, parse)
 
     # ---- template ------------------------------------------------------------
     def _apply(self, messages: list[dict]) -> str:
         return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, chat_template=self.chat_template, add_generation_prompt=False,
+            messages,
+            tokenize=False,
+            chat_template=self.chat_template,
+            add_generation_prompt=False,
             **self.template_kwargs,
         )
 
     def _template_renders_reasoning(self) -> bool:
         probe = _placeholder("probe", 0)
-        text = self._apply([
-            {"role": "user", "content": "question"},
-            {"role": "assistant", "content": "answer", TEMPLATE_REASONING_KEY: probe},
-        ])
+        text = self._apply(
+            [
+                {"role": "user", "content": "question"},
+                {"role": "assistant", "content": "answer", TEMPLATE_REASONING_KEY: probe},
+            ]
+        )
         return probe in text
 
     def _eot_token_ids(self, tokens) -> set[int]:
@@ -179,7 +188,9 @@ class ChatTemplateCoTStrategy(CoTStrategy):
             encoded = self.tokenizer.encode(token, add_special_tokens=False)
             if len(encoded) != 1:
                 raise ValueError(f"`eot_tokens`: {token!r} is not a single token of the tokenizer")
-            if token not in self.chat_template and not (token == self.tokenizer.eos_token and "eos_token" in self.chat_template):
+            if token not in self.chat_template and not (
+                token == self.tokenizer.eos_token and "eos_token" in self.chat_template
+            ):
                 LOG.warning("end-of-turn token %r does not appear in the chat template; it will not be trained", token)
             ids.add(encoded[0])
         return ids
@@ -257,7 +268,7 @@ class ChatTemplateCoTStrategy(CoTStrategy):
                     # Inlined, the opening tag is message text (trained, as axolotl does);
                     # a template's own tags are markup (not trained).
                     tag = text.rfind(open_tag, previous_end, start)
-                    if tag >= 0 and not text[tag + len(open_tag):start].strip():
+                    if tag >= 0 and not text[tag + len(open_tag) : start].strip():
                         start = tag
             trained.append((start, answer[1]))
             previous_end = answer[1]

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from functools import partial
 
-from ..formats import parse_gsm8k_row, tokenize_gsm8k
-from .base import CoTStrategy, format_options
+from axolotl_maskthought.data.formats import parse_gsm8k_row, tokenize_gsm8k
+from axolotl_maskthought.strategies.base import CoTStrategy, format_options
 
 
 class GSM8KStrategy(CoTStrategy):

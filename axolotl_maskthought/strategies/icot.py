@@ -5,13 +5,13 @@ Stepwise Internalization, arXiv 2405.14838): the one string
 ``' {question} {eos} {cot} {eos} #### {answer} {eos}'`` tokenized in one call, so
 a byte-level BPE gives the space before each EOS a token of its own; labels -100
 up to and including the first EOS; the CoT is every token strictly between the two
-EOS separators (see :func:`axolotl_maskthought.formats.tokenize_icot`).
+EOS separators (see :func:`axolotl_maskthought.data.formats.tokenize_icot`).
 """
 
 from __future__ import annotations
 
-from ..formats import CoTExample, parse_icot_line, tokenize_icot
-from .base import CoTStrategy
+from axolotl_maskthought.data.formats import CoTExample, parse_icot_line, tokenize_icot
+from axolotl_maskthought.strategies.base import CoTStrategy
 
 
 def parse_text_row(row) -> CoTExample:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from axolotl.integrations.base import BasePlugin
 
-from .validation import STRATEGY_PREFIX
+from axolotl_maskthought.adapters.axolotl.validation import STRATEGY_PREFIX
 
 LOG = logging.getLogger("axolotl.maskthought")
 
@@ -52,7 +52,7 @@ def tokenization_fingerprint(cfg) -> str:
     Raises:
         pydantic.ValidationError: the `cot_format:` block is invalid.
     """
-    from ...strategies.base import format_options, tokenization_code_fingerprint
+    from axolotl_maskthought.strategies.base import format_options, tokenization_code_fingerprint
 
     options = format_options(cfg)
     # eval_accuracy_samples only picks rows to generate on; a template name and its text give the same rows.
@@ -123,11 +123,11 @@ class MaskThoughtPlugin(BasePlugin):
     """Masked Thought and Stepwise Internalization for axolotl."""
 
     def get_input_args(self) -> str:
-        return "axolotl_maskthought.args.MaskThoughtArgs"
+        return "axolotl_maskthought.adapters.axolotl.args.MaskThoughtArgs"
 
     def register(self, cfg: dict):
         if is_active(cfg) and cfg.get("trainer_cls"):
-            from .trainer import trainer_class
+            from axolotl_maskthought.adapters.axolotl.trainer import trainer_class
 
             trainer_class(cfg["trainer_cls"])  # fail on a bad `trainer_cls` before any model loads
         # The <mask> token goes through axolotl's own `tokens:` so that the tokenizer
@@ -154,7 +154,7 @@ class MaskThoughtPlugin(BasePlugin):
             return
         from transformers import AutoTokenizer
 
-        from ...ops.embeddings import init_rows_to_mean
+        from axolotl_maskthought.ops.embeddings import init_rows_to_mean
 
         base = AutoTokenizer.from_pretrained(cfg.get("tokenizer_config") or cfg["base_model"])
         if token in base.get_vocab():
@@ -194,7 +194,7 @@ class MaskThoughtPlugin(BasePlugin):
     def post_lora_load(self, cfg, model):
         if _mask_token(cfg) is None or cfg.get("adapter") not in ("lora", "qlora"):
             return
-        from ...ops.embeddings import untrainable_embeddings
+        from axolotl_maskthought.ops.embeddings import untrainable_embeddings
 
         missing = untrainable_embeddings(model)
         if missing:
@@ -207,7 +207,7 @@ class MaskThoughtPlugin(BasePlugin):
     def get_trainer_cls(self, cfg):
         if not is_active(cfg) or cfg.get("rl"):
             return None
-        from .trainer import trainer_class
+        from axolotl_maskthought.adapters.axolotl.trainer import trainer_class
 
         return trainer_class(cfg.get("trainer_cls"))
 
@@ -216,19 +216,22 @@ class MaskThoughtPlugin(BasePlugin):
         block = cfg.get("cot_format")
         if not block or not block.get("eval_accuracy_samples"):
             return []
-        from ...callbacks import build_accuracy_callback
+        from axolotl_maskthought.eval.callback import build_accuracy_callback
 
         callback = build_accuracy_callback(cfg, trainer)
         return [callback] if callback is not None else []
 
     def post_trainer_create(self, cfg, trainer):
-        from ...engine import MaskThoughtMixin
+        from axolotl_maskthought.engine import MaskThoughtMixin
 
         if isinstance(trainer, MaskThoughtMixin):
             trainer.configure_maskthought(cfg.get("masked_thought"), cfg.get("cot_removal"))
             if trainer.cot_removal is not None:  # CoT lengths vs the schedule, logged when training begins
-                from ...cot_lengths import CoTLengthReportCallback
+                from axolotl_maskthought.engine.cot_lengths import CoTLengthReportCallback
 
                 length_setting = "max_steps" if cfg.get("max_steps") else "num_epochs"
-                trainer.add_callback(CoTLengthReportCallback(
-                    trainer.cot_removal, trainer.train_dataset, length_setting, cfg.get("num_epochs")))
+                trainer.add_callback(
+                    CoTLengthReportCallback(
+                        trainer.cot_removal, trainer.train_dataset, length_setting, cfg.get("num_epochs")
+                    )
+                )

@@ -11,7 +11,7 @@ import importlib
 
 from axolotl.core.trainers.base import AxolotlTrainer
 
-from ...engine import MaskThoughtMixin
+from axolotl_maskthought.engine import MaskThoughtMixin
 
 
 class MaskThoughtTrainer(MaskThoughtMixin, AxolotlTrainer):

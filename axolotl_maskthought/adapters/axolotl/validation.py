@@ -13,8 +13,8 @@ import json
 import logging
 from pathlib import Path
 
-from ...args import MaskedThoughtConfig
-from .optimizer_support import DEEPSPEED_VERIFIED, reset_support
+from axolotl_maskthought.config import MaskedThoughtConfig
+from axolotl_maskthought.engine.optimizer_support import DEEPSPEED_VERIFIED, reset_support
 
 LOG = logging.getLogger("axolotl.maskthought.config")
 
@@ -23,8 +23,20 @@ SPAN_STRATEGIES = ("gsm8k", "icot", "chat_template")
 
 # Per-dataset keys that axolotl's loader reads whatever the strategy is.
 LOADER_DATASET_KEYS = frozenset(
-    {"path", "ds_type", "data_files", "name", "revision", "split", "trust_remote_code",
-     "shards", "shards_idx", "preprocess_shards", "type", "weight"}
+    {
+        "path",
+        "ds_type",
+        "data_files",
+        "name",
+        "revision",
+        "split",
+        "trust_remote_code",
+        "shards",
+        "shards_idx",
+        "preprocess_shards",
+        "type",
+        "weight",
+    }
 )
 # Per-dataset keys our strategies read, by strategy (the rest are axolotl strategies' own).
 STRATEGY_DATASET_KEYS = {
@@ -73,8 +85,8 @@ def span_recording_types() -> list[str]:
 def strategy_name(ds_type) -> str | None:
     """``gsm8k`` / ``icot`` / ``chat_template`` for this package's ``type:``, else None."""
     ds_type = str(ds_type or "").split(":")[0]
-    if ds_type.startswith(STRATEGY_PREFIX) and ds_type[len(STRATEGY_PREFIX):] in SPAN_STRATEGIES:
-        return ds_type[len(STRATEGY_PREFIX):]
+    if ds_type.startswith(STRATEGY_PREFIX) and ds_type[len(STRATEGY_PREFIX) :] in SPAN_STRATEGIES:
+        return ds_type[len(STRATEGY_PREFIX) :]
     return None
 
 
@@ -113,10 +125,13 @@ def check_config(data: dict) -> None:
             _refuse_trainer_keys(data, "this package's dataset strategies")
         return
 
-    blocks = " and ".join(f"`{name}`" for name, block in (("masked_thought", masked), ("cot_removal", removal))
-                          if block is not None)
+    blocks = " and ".join(
+        f"`{name}`" for name, block in (("masked_thought", masked), ("cot_removal", removal)) if block is not None
+    )
     if data.get("rl"):
-        raise ValueError(f"{blocks} work{'s' if ' and ' not in blocks else ''} with supervised fine-tuning only; remove `rl`")
+        raise ValueError(
+            f"{blocks} work{'s' if ' and ' not in blocks else ''} with supervised fine-tuning only; remove `rl`"
+        )
     _refuse_trainer_keys(data, blocks)
     _check_other_trainer_plugins(data, blocks)
     _check_span(data, masked, removal)
@@ -206,8 +221,7 @@ def _check_dataset_keys(data: dict) -> None:
                 hint = DATASET_KEY_HINTS.get(option)
                 raise ValueError(
                     f"`{key}[{index}].{option}` is an option of axolotl's own prompt strategies; "
-                    f"`{STRATEGY_PREFIX}{name}` does not read it"
-                    + (f": use {hint}" if hint else "; remove it")
+                    f"`{STRATEGY_PREFIX}{name}` does not read it" + (f": use {hint}" if hint else "; remove it")
                 )
 
 
@@ -320,14 +334,18 @@ def _check_optimizer_reset(data: dict) -> None:
             if data.get("optimizer") is not None:
                 LOG.warning(
                     "`optimizer: %s` has no effect: the `deepspeed` config has an `optimizer` section "
-                    "(type %s), and DeepSpeed builds that optimizer instead", data.get("optimizer"), ds_type
+                    "(type %s), and DeepSpeed builds that optimizer instead",
+                    data.get("optimizer"),
+                    ds_type,
                 )
             if ds_type.lower() not in DEEPSPEED_VERIFIED:
                 LOG.warning(
                     "`cot_removal.reset_optimizer`: the reset was verified with DeepSpeed optimizer types %s, "
                     "not %r (the `deepspeed` config's `optimizer.type`); if it keeps state outside "
                     "`optimizer.state`, resets are incomplete. To be safe, %s",
-                    ", ".join(sorted(DEEPSPEED_VERIFIED)), ds_type, fix,
+                    ", ".join(sorted(DEEPSPEED_VERIFIED)),
+                    ds_type,
+                    fix,
                 )
             return
     optimizer = str(data.get("optimizer") or "adamw_torch_fused")  # axolotl's default
@@ -343,5 +361,7 @@ def _check_optimizer_reset(data: dict) -> None:
             "`optimizer: %s` with `cot_removal.reset_optimizer`: the reset of this optimizer was not "
             "verified%s; if it keeps state outside `optimizer.state`, resets are incomplete. To be "
             "safe, %s",
-            optimizer, why, fix,
+            optimizer,
+            why,
+            fix,
         )

@@ -1,0 +1,271 @@
+"""``axolotl-maskthought schedule CONFIG.yml``: what a config will do, step by step.
+
+No model is loaded. The run's shape and the per-step mask rate and removal count come from
+:mod:`axolotl_maskthought.adapters.axolotl.plan`; with ``cot_removal`` the training files are
+tokenized (:mod:`~axolotl_maskthought.adapters.axolotl.dataset_lengths`) and the CoT lengths set
+against the count at the last step. This module prints the table and the report, and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from axolotl_maskthought.adapters.axolotl.dataset_lengths import COT_SAMPLE_ROWS, training_cot_lengths
+from axolotl_maskthought.adapters.axolotl.plan import SchedulePlan, ScheduleRow, cot_report, plan_schedule
+from axolotl_maskthought.cli import CommandError
+from axolotl_maskthought.ops.schedule import show_count
+
+FULL_TABLE_STEPS = 60  # longer runs print a sample of steps plus every change
+
+
+SAMPLED_ROWS = 30
+
+
+def load_config(path: str | Path) -> dict:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such config file")
+    with open(path, encoding="utf-8") as handle:
+        try:
+            config = yaml.safe_load(handle)
+        except yaml.YAMLError as err:
+            raise CommandError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(config, dict):
+        raise CommandError(f"{path}: expected a mapping of config keys")
+    return config
+
+
+def _notes_for(plan: SchedulePlan, previous: ScheduleRow | None, row: ScheduleRow) -> str:
+    from axolotl_maskthought.ops.schedule import REMOVE_ALL
+
+    notes = []
+    if previous is not None and row.removal_count != previous.removal_count:
+        if row.removal_count == REMOVE_ALL:
+            notes.append("whole CoT removed from here on")
+        else:
+            notes.append(f"removal {show_count(previous.removal_count)} -> {show_count(row.removal_count)}")
+        if plan.cot_removal.reset_optimizer and previous.removal_count != REMOVE_ALL:
+            notes.append("optimizer reset")
+    ratio = plan.masked_thought.ratio if plan.masked_thought is not None else None
+    if ratio is not None and previous is not None and row.mask_rate >= ratio > previous.mask_rate:
+        notes.append("mask rate at its ratio")
+    return ", ".join(notes)
+
+
+def table_rows(plan: SchedulePlan) -> list[ScheduleRow]:
+    """Every step of a short run; for long runs a regular sample plus every change point."""
+    if len(plan.rows) <= FULL_TABLE_STEPS:
+        return list(plan.rows)
+    every = math.ceil(len(plan.rows) / SAMPLED_ROWS)
+    keep = {row.step for row in plan.rows if row.step % every == 0}
+    keep.update(plan.change_steps())
+    keep.add(plan.rows[-1].step)
+    return [row for row in plan.rows if row.step in keep]
+
+
+def format_table(plan: SchedulePlan) -> str:
+    header = ("step", "epoch", "micro-batch", "mask rate", "CoT removed", "")
+    lines = [header]
+    by_step = {row.step: row for row in plan.rows}
+    for row in table_rows(plan):
+        rate = "-" if row.mask_rate is None else f"{row.mask_rate:.4f}"
+        lines.append(
+            (
+                str(row.step),
+                str(row.epoch),
+                str(row.first_micro_batch),
+                rate,
+                show_count(row.removal_count),
+                _notes_for(plan, by_step.get(row.step - 1), row),
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = [
+        "  ".join(cell.rjust(width) if i < 5 else cell for i, (cell, width) in enumerate(zip(line, widths))).rstrip()
+        for line in lines
+    ]
+    return "\n".join(text)
+
+
+def describe(plan: SchedulePlan, config_path: str | None = None) -> str:
+    from axolotl_maskthought.ops.schedule import SMOOTHING_SUPPORT, smoothing_distribution, steps_per_removed_token
+
+    shape = plan.shape
+    lines = []
+    if config_path:
+        lines.append(f"config: {config_path}")
+    lines.append(
+        f"training rows: {shape.train_rows}; micro-batches per epoch (per rank): {shape.micro_batches_per_epoch}; "
+        f"gradient accumulation: {shape.gradient_accumulation_steps}; optimizer steps per epoch: "
+        f"{shape.optimizer_steps_per_epoch}; world size: {shape.world_size}; optimizer steps: {shape.max_steps}"
+    )
+    lines += [f"note: {note}" for note in shape.notes]
+    masked = plan.masked_thought
+    if masked is not None:
+        full = next((row.step for row in plan.rows if row.mask_rate >= masked.ratio), None)
+        lines.append(
+            f"masked_thought: ratio {masked.ratio}, warmup {masked.warmup}, replacement {masked.replacement}, "
+            f"scope {masked.scope}; rate = ratio x step / (warmup x {shape.max_steps} + 1), capped"
+            + (f"; full rate from step {full}" if full is not None else "; never reaches the full rate")
+        )
+    removal = plan.cot_removal
+    if removal is not None:
+        interval = steps_per_removed_token(shape.micro_batches_per_epoch, removal.tokens_per_epoch)
+        text = (
+            f"cot_removal: {removal.tokens_per_epoch} tokens per epoch -> one more every {interval} "
+            f"micro-batches (round({shape.micro_batches_per_epoch} / {removal.tokens_per_epoch}))"
+            if interval
+            else f"cot_removal: {removal.tokens_per_epoch} tokens per epoch exceeds the "
+            f"{shape.micro_batches_per_epoch} micro-batches per epoch: one more every micro-batch"
+        )
+        text += f", side {removal.side}, from epoch {removal.start_epoch + 1}"
+        if removal.remove_all_at is not None:
+            text += f", whole CoT once {removal.remove_all_at} are scheduled"
+        text += (
+            "; optimizer reset at each increase (unless the whole CoT was already gone)"
+            if removal.reset_optimizer
+            else "; no optimizer reset"
+        )
+        lines.append(text)
+        if removal.start_epoch:
+            lines.append(f"  epochs 1-{removal.start_epoch} train on the full CoT: nothing removed, no smoothing")
+        if removal.smoothing_lambda is not None:
+            probs = smoothing_distribution(removal.smoothing_lambda)
+            mean = sum(offset * float(p) for offset, p in enumerate(probs))
+            lines.append(
+                f"  smoothing lambda {removal.smoothing_lambda}: each example drops 0-{SMOOTHING_SUPPORT - 1} "
+                f"extra tokens (mean {mean:.3f}, P(0) = {float(probs[0]):.3f}) on top of the count below"
+            )
+        final = show_count(plan.rows[-1].removal_count if plan.rows else 0)
+        lines.append(
+            "  at the last step: "
+            + (
+                "the whole CoT is removed"
+                if final == "all"
+                else f"{final} CoT tokens scheduled for removal (clipped to each example's CoT length)"
+            )
+        )
+    shown = table_rows(plan)
+    if len(shown) < len(plan.rows):
+        lines.append(
+            f"showing {len(shown)} of {len(plan.rows)} steps: every "
+            f"{math.ceil(len(plan.rows) / SAMPLED_ROWS)}th, every change, the last"
+        )
+    return "\n".join(lines)
+
+
+def plot_schedule(
+    plan: SchedulePlan, path: str | Path, title: str | None = None, longest_cot: int | None = None
+) -> Path:
+    """The mask rate and removal count per optimizer step as a PNG; ``longest_cot``
+    (tokens) draws the count the schedule must reach to leave no CoT."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from axolotl_maskthought.ops.schedule import REMOVE_ALL
+
+    panels = [key for key, block in (("rate", plan.masked_thought), ("removal", plan.cot_removal)) if block is not None]
+    figure, axes = plt.subplots(len(panels), 1, figsize=(9, 3 * len(panels)), sharex=True, squeeze=False)
+    steps = [row.step for row in plan.rows]
+    for axis, key in zip(axes[:, 0], panels):
+        if key == "rate":
+            axis.plot(steps, [row.mask_rate for row in plan.rows], drawstyle="steps-post", color="tab:blue")
+            axis.set_ylabel("mask rate")
+            axis.set_ylim(0, max(0.05, plan.masked_thought.ratio * 1.1))
+        else:
+            finite = [row.removal_count for row in plan.rows if row.removal_count != REMOVE_ALL]
+            top = (max(finite) if finite else 0) + 1
+            counts = [top if row.removal_count == REMOVE_ALL else row.removal_count for row in plan.rows]
+            axis.plot(steps, counts, drawstyle="steps-post", color="tab:red")
+            axis.set_ylabel("CoT tokens removed\n(scheduled)")
+            if longest_cot:
+                axis.axhline(longest_cot, color="black", linestyle="--", linewidth=0.8)
+                axis.annotate(
+                    f"longest CoT ({longest_cot})", (0, longest_cot), textcoords="offset points", xytext=(4, -12)
+                )
+            if top in counts:
+                axis.axhline(top, color="tab:red", linestyle=":", linewidth=0.8)
+                axis.set_ylim(-0.05 * top, max(top, longest_cot or 0) * 1.15)
+                axis.annotate("whole CoT", (steps[counts.index(top)], top), textcoords="offset points", xytext=(4, 4))
+        for epoch_start in range(
+            plan.shape.optimizer_steps_per_epoch, len(steps), plan.shape.optimizer_steps_per_epoch
+        ):
+            axis.axvline(epoch_start, color="grey", linewidth=0.5, alpha=0.5)
+        axis.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("optimizer step (grey lines: epochs)")
+    if title:
+        axes[0, 0].set_title(title)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+# ---- command -------------------------------------------------------------------------------------------
+def command(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    for name in ("dataset_size", "micro_batches_per_epoch"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CommandError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.cot_rows < 0:
+        raise CommandError(f"--cot-rows must be 0 (all) or more, got {args.cot_rows}")
+    plan = plan_schedule(config, args.dataset_size, micro_batches_per_epoch=args.micro_batches_per_epoch)
+    print(describe(plan, args.config))
+    print()
+    print(format_table(plan))
+    report = None
+    if plan.cot_removal is not None:
+        found = training_cot_lengths(config, args.cot_rows)
+        print()
+        if found.lengths is None:
+            print(
+                f"CoT lengths: not computed: {found.note}; whether the schedule reaches the end of "
+                "the CoTs is not checked"
+            )
+        else:
+            report = cot_report(plan, config, found.lengths, args.dataset_size, args.micro_batches_per_epoch)
+            print(f"CoT lengths: {found.note}")
+            print("\n".join(report.lines()))
+    if args.plot:
+        longest = report.lengths.maximum if report is not None else None
+        print(f"\nplot: {plot_schedule(plan, args.plot, title=Path(args.config).name, longest_cot=longest)}")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "schedule",
+        help="show the mask rate and CoT tokens removed per optimizer step (no model loaded)",
+        description="Print (and plot) what a config's masked_thought / cot_removal blocks do at each "
+        "optimizer step, computed with the trainer's own schedule functions.",
+    )
+    parser.add_argument("config", help="axolotl YAML config")
+    parser.add_argument("--plot", metavar="FILE.png", help="also write a PNG plot")
+    parser.add_argument(
+        "--dataset-size",
+        type=int,
+        metavar="N",
+        help="training rows before the validation split (default: count the local dataset files)",
+    )
+    parser.add_argument(
+        "--micro-batches-per-epoch",
+        type=int,
+        metavar="N",
+        help="override the derived count (per rank), e.g. the real value of a packed run",
+    )
+    parser.add_argument(
+        "--cot-rows",
+        type=int,
+        default=COT_SAMPLE_ROWS,
+        metavar="N",
+        help=f"CoT lengths from at most N training rows, a seeded random sample (default {COT_SAMPLE_ROWS}; 0 = all)",
+    )
+    parser.set_defaults(func=command)

@@ -1,0 +1,213 @@
+"""Config blocks of the plugin. Each field's description is its documentation.
+
+axolotl merges :class:`MaskThoughtArgs` into its own config model, so the three
+blocks are top-level YAML keys validated with the rest of the config, before any
+model is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PROMPT_TEMPLATES = {
+    "alpaca": (
+        "Below is an instruction that describes a task. "
+        "Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\n{question}\n\n### Response:\n"
+    ),
+    "plain": "Question: {question}\nAnswer: ",
+}
+
+
+class MaskedThoughtConfig(BaseModel):
+    """`masked_thought:` block — Masked Thought (arXiv 2403.02178)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ratio: float = Field(
+        default=0.4,
+        ge=0.0,
+        le=1.0,
+        description="Probability that an eligible token's input is replaced (labels stay). "
+        "Paper: 0.4 with random tokens (GSM8K), 0.2 with <mask> (MATH/MetaMath).",
+    )
+    replacement: Literal["random", "mask_token", "pad"] = Field(
+        default="random",
+        description="What replaces a selected input: a uniformly random token id, the "
+        "`mask_token`, or the tokenizer's pad token.",
+    )
+    mask_token: str = Field(
+        default="<mask>",
+        min_length=1,
+        description="Token used when replacement is mask_token; added to the tokenizer if "
+        "missing, its input and output embedding rows initialised to the mean of the others.",
+    )
+    warmup: float = Field(
+        default=0.66,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of optimizer steps over which the rate ramps linearly from 0 "
+        "(rate = ratio * step / (warmup * max_steps + 1), capped); 0 = full rate from step 0.",
+    )
+    scope: Literal["response", "reasoning"] = Field(
+        default="response",
+        description="response = every trained token (labels != -100: reasoning, answer, EOS; "
+        "the paper); reasoning = only the CoT span recorded by this package's strategies.",
+    )
+
+
+class CoTRemovalConfig(BaseModel):
+    """`cot_removal:` block — Stepwise Internalization (arXiv 2405.14838)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens_per_epoch: float = Field(
+        default=8,
+        gt=0,
+        description="Δ: CoT tokens removed per epoch. One more token every "
+        "round(micro_batches_per_epoch / Δ) micro-batches (official schedule).",
+    )
+    smoothing_lambda: float | None = Field(
+        default=4,
+        gt=0,
+        description="λ: each example removes an extra o ∈ {0..99} tokens with "
+        "P(o) ∝ e^(-λo) (tail mass on 99). null (stored as .inf, the official value) = "
+        "no smoothing. Off at evaluation.",
+    )
+    side: Literal["left", "right"] = Field(
+        default="left", description="left = drop the first CoT tokens; right = the last ones."
+    )
+    remove_all_at: int | None = Field(
+        default=None,
+        ge=0,
+        description="K: once the scheduled count reaches K, remove the whole CoT "
+        "(official GSM8K Mistral run: 39). null = never jump.",
+    )
+    reset_optimizer: bool = Field(
+        default=True,
+        description="Reset all optimizer moments and step counts each time the count grows, "
+        "unless the whole CoT was already removed in the previous micro-batch.",
+    )
+    start_epoch: int = Field(
+        default=0,
+        ge=0,
+        description="Epochs of full-CoT training before removal starts (official "
+        "pretrain_epochs). No smoothing during these epochs.",
+    )
+    keep_position: bool = Field(
+        default=False,
+        description="Kept tokens keep their original position ids, as if the removed "
+        "tokens were still there (otherwise positions restart per example).",
+    )
+
+    @field_validator("smoothing_lambda", mode="before")
+    @classmethod
+    def _null_smoothing_as_inf(cls, value):
+        # axolotl dumps its validated config with exclude_none=True and the trainer reads
+        # the block back, so an explicit null would return as the default λ = 4.
+        return math.inf if value is None else value
+
+
+class CoTFormatConfig(BaseModel):
+    """`cot_format:` block — options of this package's dataset strategies.
+
+    axolotl drops unknown per-dataset keys, so the strategies read their options here.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_template: str = Field(
+        default="alpaca",
+        description="`alpaca` (as in the official Masked Thought GSM8K runs), `plain`, or a "
+        "custom string containing `{question}`. Used by the gsm8k strategy and by `eval`.",
+    )
+    question_field: str = Field(default="question", min_length=1, description="JSON field holding the question.")
+    answer_field: str = Field(
+        default="answer",
+        min_length=1,
+        description="JSON field holding the solution, ending in `#### <answer>`.",
+    )
+    skip_invalid_rows: bool = Field(
+        default=False,
+        description="Skip rows without `####` or with an empty question (counted in the "
+        "log) instead of failing with the file and row.",
+    )
+    eval_accuracy_samples: int = Field(
+        default=0,
+        ge=0,
+        description="At each evaluation, generate greedily on the first N rows of the evaluation "
+        "set (`val_set_size` split or `test_datasets`; icot/gsm8k strategies) and log "
+        "`eval_accuracy_cot` and `eval_accuracy_no_cot` next to `eval_loss`. 0 = off.",
+    )
+    messages_field: str | None = Field(
+        default=None,
+        min_length=1,
+        description="chat_template strategy: row field holding the conversation, a list of "
+        "OpenAI-style role/content or ShareGPT-style from/value messages. null = `messages`, "
+        "else `conversations`.",
+    )
+    reasoning_field: str = Field(
+        default="reasoning_content",
+        min_length=1,
+        description="chat_template strategy: message field holding an assistant turn's "
+        "reasoning. Without it the reasoning is read from `think_tags` in the content.",
+    )
+    think_tags: list[str] = Field(
+        default=["<think>", "</think>"],
+        min_length=2,
+        max_length=2,
+        description="chat_template strategy: [open, close] tags around inline reasoning, used "
+        "to read it from the content and to inline it when the chat template has no "
+        "`reasoning_content` support. Never part of the CoT span.",
+    )
+    reasoning_turns: Literal["last", "all"] = Field(
+        default="last",
+        description="chat_template strategy: whose reasoning is rendered and spanned. last = the "
+        "final assistant turn only (earlier turns without it, as Qwen3-style templates render "
+        "conversations); all = every assistant turn (fails if the template drops some).",
+    )
+
+    @model_validator(mode="after")
+    def _known_template(self):
+        if self.prompt_template not in PROMPT_TEMPLATES and "{question}" not in self.prompt_template:
+            raise ValueError(
+                "`cot_format.prompt_template` must be `alpaca`, `plain` or a string "
+                f"containing `{{question}}`, got {self.prompt_template!r}"
+            )
+        open_tag, close_tag = self.think_tags
+        if not open_tag.strip() or not close_tag.strip() or open_tag == close_tag:
+            raise ValueError(f"`cot_format.think_tags` must be two different non-blank tags, got {self.think_tags!r}")
+        return self
+
+    def template(self) -> str:
+        return PROMPT_TEMPLATES.get(self.prompt_template, self.prompt_template)
+
+
+def config_reference_markdown() -> str:
+    """The README's configuration reference, generated from the field descriptions."""
+    import json
+    import math
+
+    def show(value) -> str:
+        if value is None or (isinstance(value, float) and math.isinf(value)):
+            return "null"
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return json.dumps(value) if isinstance(value, list) else str(value)
+
+    parts = []
+    for block, model in (
+        ("masked_thought", MaskedThoughtConfig),
+        ("cot_removal", CoTRemovalConfig),
+        ("cot_format", CoTFormatConfig),
+    ):
+        parts.append(f"`{block}:`\n\n| key | default | meaning |\n|---|---|---|")
+        for name, info in model.model_fields.items():
+            parts.append(f"| `{name}` | `{show(info.default)}` | {info.description.replace('|', chr(92) + '|')} |")
+        parts.append("")
+    return "\n".join(parts)

@@ -1,0 +1,51 @@
+"""What ``eval --config`` reads from a training YAML: model, tokenizer, format and prompt options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from axolotl_maskthought.eval.loading import model_kind
+
+
+def _format_from_type(dataset_type) -> str | None:
+    if isinstance(dataset_type, str) and dataset_type.startswith("axolotl_maskthought.strategies."):
+        name = dataset_type.rsplit(".", 1)[1]
+        return name if name in ("gsm8k", "icot") else None
+    return None
+
+
+def settings_from_config(path: str | Path) -> dict:
+    """What ``eval --config`` takes from a training YAML: ``model`` (output_dir when it
+    holds weights or an adapter, else base_model; ``trained`` says which), ``base_model``, ``tokenizer``,
+    ``format`` (from the first dataset's ``type``, None if not ours) and ``cot_format``."""
+    import yaml
+
+    from axolotl_maskthought.config import CoTFormatConfig
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such config file")
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: not a YAML mapping")
+    base_model, output_dir = cfg.get("base_model"), cfg.get("output_dir")
+    trained = bool(output_dir and Path(output_dir).is_dir() and model_kind(output_dir))
+    if not trained and not base_model:
+        raise ValueError(f"{path}: `output_dir` holds no weights and `base_model` is not set")
+    types = [d.get("type") for d in cfg.get("datasets") or [] if isinstance(d, dict)]
+    formats = [fmt for fmt in map(_format_from_type, types) if fmt]
+    try:
+        cot_format = CoTFormatConfig(**(cfg.get("cot_format") or {}))
+    except ValueError as err:
+        raise ValueError(f"{path}: `cot_format`: {err}") from None
+    removal = cfg.get("cot_removal")
+    return {
+        "model": str(output_dir if trained else base_model),
+        "trained": trained,
+        "base_model": base_model,
+        "tokenizer": cfg.get("tokenizer_config"),
+        "format": formats[0] if formats else None,
+        "dataset_types": types,
+        "cot_format": cot_format,
+        "keep_position": bool(isinstance(removal, dict) and removal.get("keep_position")),
+    }

@@ -1,0 +1,423 @@
+"""Small experiments on a CPU: tiny model, generated multiplication problems, runs through axolotl.
+
+The runner behind ``axolotl-maskthought quickstart`` (and the experiment scripts in ``bench/``):
+:func:`prepare` writes disjoint train/validation/test files and a tiny GPT-2; :func:`run_method`
+trains one method as ``axolotl train`` would (in this process) and scores it on the held-out
+problems with the package's own :func:`~axolotl_maskthought.eval.evaluation.evaluate_model`;
+:func:`run` does a whole comparison and :func:`verdict` says, from the numbers, who won.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from axolotl_maskthought.toy.tiny import OFFLINE_ENV
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Everything that makes a run longer or shorter."""
+
+    a_digits: int
+    b_digits: int
+    train_rows: int
+    test_rows: int
+    epochs: int
+    micro_batch_size: int
+    learning_rate: float
+    hidden: int
+    layers: int
+    heads: int
+    eval_steps: int
+    eval_accuracy_samples: int  # rows of the validation file scored at each evaluation (the curves)
+    val_rows: int = 200
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    label: str  # for the verdict
+    train_file: str  # with or without the CoT
+    no_cot_eval: bool
+    blocks: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    title: str
+    baseline: Method
+    treatment: Method
+    sizes: Sizes
+
+
+SFT = Method("sft", "SFT", "train_cot.txt", False)
+NO_COT = Method("no_cot_training", "no-CoT training", "train_no_cot.txt", True)
+
+
+def masked_thought(ratio: float, replacement: str = "random") -> Method:
+    return Method(
+        "masked_thought",
+        "Masked Thought",
+        "train_cot.txt",
+        False,
+        {"masked_thought": {"ratio": ratio, "replacement": replacement, "warmup": 0.66}},
+    )
+
+
+def stepwise_internalization(
+    tokens_per_epoch: float,
+    start_epoch: int,
+    smoothing_lambda: float = 4,
+    keep_position: bool = True,
+    reset_optimizer: bool = False,
+) -> Method:
+    return Method(
+        "stepwise_internalization",
+        "Stepwise Internalization",
+        "train_cot.txt",
+        True,
+        {
+            "cot_removal": {
+                "tokens_per_epoch": tokens_per_epoch,
+                "start_epoch": start_epoch,
+                "smoothing_lambda": smoothing_lambda,
+                "side": "left",
+                "keep_position": keep_position,
+                "reset_optimizer": reset_optimizer,
+            }
+        },
+    )
+
+
+# Default: the cheapest comparison that held on every seed tried (bench/RESULTS.md §5).
+FULL = Comparison(
+    "Masked Thought vs SFT, answering with CoT",
+    SFT,
+    masked_thought(0.2),
+    Sizes(
+        a_digits=2,
+        b_digits=2,
+        train_rows=400,
+        test_rows=500,
+        epochs=62,
+        micro_batch_size=32,
+        learning_rate=1e-3,
+        hidden=128,
+        layers=2,
+        heads=4,
+        eval_steps=100,
+        eval_accuracy_samples=100,
+    ),
+)
+# --long: the Stepwise Internalization recipe of examples/yaml/cpu_multiplication_icot_si.yml.
+LONG = Comparison(
+    "Stepwise Internalization vs no-CoT training, answering with NO CoT",
+    NO_COT,
+    stepwise_internalization(tokens_per_epoch=1.5, start_epoch=4),
+    Sizes(
+        a_digits=3,
+        b_digits=3,
+        train_rows=8000,
+        test_rows=500,
+        epochs=24,
+        micro_batch_size=32,
+        learning_rate=1e-3,
+        hidden=128,
+        layers=3,
+        heads=4,
+        eval_steps=500,
+        eval_accuracy_samples=100,
+    ),
+)
+_TOY = Sizes(
+    a_digits=2,
+    b_digits=2,
+    train_rows=256,
+    test_rows=32,
+    epochs=2,
+    micro_batch_size=16,
+    learning_rate=1e-3,
+    hidden=32,
+    layers=1,
+    heads=2,
+    eval_steps=16,
+    eval_accuracy_samples=16,
+    val_rows=16,
+)
+QUICK = [
+    replace(FULL, sizes=_TOY),
+    replace(LONG, treatment=stepwise_internalization(tokens_per_epoch=8, start_epoch=0), sizes=_TOY),
+]
+
+
+# ---- data and model ------------------------------------------------------------------
+def strip_cot(line: str) -> str:
+    """``q||cot #### a`` -> ``q|| #### a`` (the icot strategy then trains ``q eos eos #### a eos``)."""
+    question, solution = line.split("||", 1)
+    return f"{question}|| #### {solution.split('####', 1)[1].strip()}"
+
+
+def prepare(directory: Path, sizes: Sizes) -> Path:
+    """Write train (with and without CoT), validation (curves) and held-out test files, all
+    disjoint, and a tiny model; return the model dir."""
+    from axolotl_maskthought.data import generators as data
+    from axolotl_maskthought.toy import tiny
+
+    train = data.generate_multiplication(sizes.a_digits, sizes.b_digits, sizes.train_rows, seed=0)
+    seen = {line.split("||", 1)[0] for line in train}
+    held_out = []
+    for line in data.generate_multiplication(sizes.a_digits, sizes.b_digits, 4 * (sizes.test_rows + sizes.val_rows), 1):
+        question = line.split("||", 1)[0]
+        if question not in seen:
+            seen.add(question)
+            held_out.append(line)
+    test, val = held_out[: sizes.test_rows], held_out[sizes.test_rows : sizes.test_rows + sizes.val_rows]
+    data.write_lines(directory / "train_cot.txt", train)
+    data.write_lines(directory / "train_no_cot.txt", [strip_cot(line) for line in train])
+    data.write_lines(directory / "test.txt", test)
+    data.write_lines(directory / "valid.txt", val)
+    model_dir = directory / "model"
+    tiny.build_tiny(
+        model_dir,
+        train,
+        vocab_size=300,
+        arch="gpt2",
+        hidden=sizes.hidden,
+        layers=sizes.layers,
+        heads=sizes.heads,
+        max_positions=128,
+        seed=0,
+    )
+    return model_dir
+
+
+def config_for(method: Method, sizes: Sizes, directory: Path, model_dir: Path, seed: int) -> dict:
+    icot = "axolotl_maskthought.strategies.icot"
+    return {
+        "base_model": str(model_dir),
+        "plugins": ["axolotl_maskthought.MaskThoughtPlugin"],
+        **method.blocks,
+        "cot_format": {"eval_accuracy_samples": sizes.eval_accuracy_samples},
+        "datasets": [{"path": str(directory / method.train_file), "type": icot}],
+        # validation problems for the in-training accuracy curve; the table uses test.txt
+        "test_datasets": [{"path": str(directory / "valid.txt"), "type": icot, "split": "train"}],
+        "dataset_prepared_path": str(directory / "prepared"),
+        "sequence_len": 128,
+        "micro_batch_size": sizes.micro_batch_size,
+        "eval_batch_size": 64,
+        "gradient_accumulation_steps": 1,
+        "num_epochs": sizes.epochs,
+        "learning_rate": sizes.learning_rate,
+        "optimizer": "adamw_torch",
+        "weight_decay": 0.01,
+        "max_grad_norm": 1.0,
+        "lr_scheduler": "constant",
+        "bf16": False,
+        "fp16": False,
+        "seed": seed,
+        "output_dir": str(directory / "runs" / method.name),
+        "save_strategy": "no",
+        "eval_strategy": "steps",
+        "eval_steps": sizes.eval_steps,
+        "logging_steps": 10,
+        "dataloader_num_workers": 0,
+        "dataset_num_proc": 1,
+        "special_tokens": {"pad_token": "<pad>"},
+    }
+
+
+# ---- training and evaluation ------------------------------------------------------------
+def train_in_process(config_path: Path):
+    """What ``axolotl train CONFIG`` does, in this process; returns (model, tokenizer, trainer)."""
+    from axolotl.cli.args import TrainerCliArgs
+    from axolotl.cli.config import load_cfg
+    from axolotl.common.datasets import load_datasets
+    from axolotl.train import train
+
+    cfg = load_cfg(str(config_path))
+    dataset_meta = load_datasets(cfg=cfg, cli_args=TrainerCliArgs())
+    return train(cfg=cfg, dataset_meta=dataset_meta)
+
+
+def held_out_examples(path: Path):
+    from axolotl_maskthought.data.formats import parse_icot_line
+
+    return [parse_icot_line(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def run_method(method: Method, sizes: Sizes, directory: Path, model_dir: Path, seed: int, say) -> dict:
+    import yaml
+
+    from axolotl_maskthought.eval.callback import METRIC_COT, METRIC_NO_COT
+    from axolotl_maskthought.eval.evaluation import evaluate_model
+
+    config = config_for(method, sizes, directory, model_dir, seed)
+    config_path = directory / f"{method.name}.yml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    say(f"  {method.label}: training as `axolotl train {config_path}` would (in this process) ...")
+    started = time.perf_counter()
+    model, tokenizer, trainer = train_in_process(config_path)
+    run_seconds = time.perf_counter() - started
+    history = trainer.state.log_history
+    # the training loop alone (with its evaluations), as the HF Trainer measured it
+    train_seconds = next((entry["train_runtime"] for entry in history if "train_runtime" in entry), run_seconds)
+    examples = held_out_examples(directory / "test.txt")
+    keep_position = bool((method.blocks.get("cot_removal") or {}).get("keep_position"))
+    scored = evaluate_model(
+        model,
+        tokenizer,
+        examples,
+        "icot",
+        None,
+        method.no_cot_eval,
+        64,
+        _max_new_tokens(tokenizer, examples),
+        progress=False,
+        keep_position=keep_position,
+    )
+    metric = METRIC_NO_COT if method.no_cot_eval else METRIC_COT
+    result = {
+        "method": method.name,
+        "label": method.label,
+        "eval": "no CoT" if method.no_cot_eval else "with CoT",
+        "accuracy": scored["accuracy"],
+        "correct": scored["correct"],
+        "n": scored["n"],
+        "steps": trainer.state.global_step,
+        "parameters": model.num_parameters(),
+        "train_seconds": round(train_seconds, 1),
+        "run_seconds": round(run_seconds, 1),  # + loading data and model, saving
+        "config": str(config_path),
+        "history": {
+            "loss": _series(history, "loss"),
+            "removed_tokens_mean": _series(history, "cot_removal/removed_tokens_mean"),
+            "accuracy": _series(history, metric),  # on valid.txt, in the evaluation mode of the table
+        },
+    }
+    say(
+        f"  {method.label}: {result['steps']} steps in {train_seconds:.0f} s, held-out accuracy "
+        f"{result['accuracy']:.3f} ({result['correct']}/{result['n']}, {result['eval']})"
+    )
+    del model, trainer
+    return result
+
+
+def _max_new_tokens(tokenizer, examples) -> int:
+    return 8 + max(len(tokenizer(f" {e.cot} #### {e.answer}")["input_ids"]) for e in examples)
+
+
+def _series(history: list[dict], key: str) -> list[list[float]]:
+    return [[entry["step"], entry[key]] for entry in history if key in entry]
+
+
+def run(output: Path, comparisons: list[Comparison], seed: int = 42, terminal=None) -> dict:
+    """Train and score every comparison; write ``results.json``; return the summary."""
+    say = _printer(terminal or sys.stdout)
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    output.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    summary = {"seed": seed, "comparisons": []}
+    for index, comparison in enumerate(comparisons, 1):
+        sizes = comparison.sizes
+        directory = output if len(comparisons) == 1 else output / f"comparison{index}"
+        directory.mkdir(parents=True, exist_ok=True)
+        # axolotl keys prepared data by file path, not content: never reuse an earlier run's.
+        shutil.rmtree(directory / "prepared", ignore_errors=True)
+        model_dir = prepare(directory, sizes)
+        say(
+            f"{comparison.title}: {sizes.a_digits}x{sizes.b_digits} multiplication, {sizes.train_rows:,} training "
+            f"problems x {sizes.epochs} epochs, {sizes.test_rows} held out; GPT-2 {sizes.layers} layers x "
+            f"{sizes.hidden} from scratch"
+        )
+        results = [
+            run_method(method, sizes, directory, model_dir, seed, say)
+            for method in (comparison.baseline, comparison.treatment)
+        ]
+        summary["comparisons"].append(
+            {
+                "title": comparison.title,
+                "task": f"{sizes.a_digits}x{sizes.b_digits} multiplication (ICoT format)",
+                "sizes": asdict(sizes),
+                "results": results,
+                "verdict": verdict(results[1], results[0]),
+            }
+        )
+    summary["total_seconds"] = round(time.perf_counter() - started, 1)
+    (output / "results.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+# ---- report -----------------------------------------------------------------------------
+def verdict(treatment: dict, baseline: dict) -> str:
+    """One sentence from the two measured accuracies (``accuracy``, ``n``, ``label``, ``eval``)."""
+    points = 100 * (treatment["accuracy"] - baseline["accuracy"])
+    figures = (
+        f"{treatment['accuracy']:.3f} vs {baseline['accuracy']:.3f} on {treatment['n']} held-out problems, "
+        f"{treatment['eval']}"
+    )
+    if points > 0:
+        return f"{treatment['label']} beat {baseline['label']} by {points:.1f} points ({figures})."
+    if points == 0:
+        return f"{treatment['label']} did not beat {baseline['label']}: equal accuracy ({figures})."
+    return f"{treatment['label']} did not beat {baseline['label']}: {-points:.1f} points lower ({figures})."
+
+
+def format_table(results: list[dict]) -> str:
+    rows = [("method", "answers", "accuracy", "correct", "steps", "train time")]
+    rows += [
+        (
+            r["label"],
+            r["eval"],
+            f"{r['accuracy']:.3f}",
+            f"{r['correct']}/{r['n']}",
+            str(r["steps"]),
+            f"{r['train_seconds']:.0f} s",
+        )
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def plot(summary: dict, path: Path) -> None:
+    """Training loss and held-out (validation) accuracy against the optimizer step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    comparisons = summary["comparisons"]
+    figure, axes = plt.subplots(len(comparisons), 2, figsize=(10, 3.2 * len(comparisons)), squeeze=False)
+    for row, comparison in zip(axes, comparisons):
+        for index, result in enumerate(comparison["results"]):
+            label = f"{result['label']} ({result['eval']})"
+            for axis, key in zip(row, ("loss", "accuracy")):
+                if result["history"][key]:
+                    steps, values = zip(*result["history"][key])
+                    axis.plot(steps, values, color=f"C{index}", marker="." if key == "accuracy" else None, label=label)
+        row[0].set_title("training loss", fontsize=9)
+        row[1].set_title(f"{comparison['task']}: validation accuracy", fontsize=9)
+        row[1].set_ylim(-0.02, 1.02)
+        for axis in row:
+            axis.set_xlabel("optimizer step")
+            if axis.lines:
+                axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def _printer(stream):
+    def say(text: str = "") -> None:
+        print(text, file=stream, flush=True)
+
+    return say

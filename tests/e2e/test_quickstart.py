@@ -1,0 +1,142 @@
+"""`quickstart --quick` end to end, and the accuracy callback's view of tokenized rows.
+
+The quickstart's accuracies are whatever the tiny runs reach: the test checks that the
+report (table, verdicts, JSON, plot) agrees with what the run measured, never the values.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from axolotl_maskthought.config import PROMPT_TEMPLATES
+from axolotl_maskthought.data.formats import CoTExample, parse_gsm8k_row, parse_icot_line, tokenize_gsm8k, tokenize_icot
+from axolotl_maskthought.data.generators import generate_arithmetic, generate_multiplication
+from axolotl_maskthought.eval.callback import example_from_tokens
+from axolotl_maskthought.toy.experiment import format_table, plot, strip_cot, verdict
+from axolotl_maskthought.toy.tiny import build_tokenizer
+
+METHODS = ("sft", "masked_thought", "no_cot_training", "stepwise_internalization")
+
+
+# ---- the callback reads back what a strategy tokenized --------------------------------------
+def test_icot_rows_decode_to_their_examples():
+    lines = generate_multiplication(3, 3, 20, seed=1)
+    tokenizer = build_tokenizer(lines, vocab_size=300, add_bos=False)
+    for line in lines + [strip_cot(lines[0])]:
+        example = parse_icot_line(line)
+        row = tokenize_icot(tokenizer, example)
+        assert example_from_tokens(tokenizer, row["input_ids"], row["labels"], row["cot_mask"], "icot") == example
+
+
+@pytest.mark.parametrize("template", [PROMPT_TEMPLATES["alpaca"], PROMPT_TEMPLATES["plain"], "Q: {question} A:"])
+def test_gsm8k_rows_decode_to_their_examples(template):
+    rows = generate_arithmetic(10, seed=2)
+    tokenizer = build_tokenizer([row["question"] + row["answer"] for row in rows] + [template], vocab_size=400)
+    for data_row in rows:
+        example = parse_gsm8k_row(data_row)
+        row = tokenize_gsm8k(tokenizer, example, template)
+        found = example_from_tokens(tokenizer, row["input_ids"], row["labels"], row["cot_mask"], "gsm8k", template)
+        assert found == CoTExample(example.question, example.cot.strip(), example.answer)
+
+
+def test_empty_cot_lines_train_the_no_cot_layout():
+    """The baseline's `q|| #### a` rows must be `q eos eos #### a eos`, what no-CoT eval prompts."""
+    line = generate_multiplication(2, 2, 1, seed=0)[0]
+    tokenizer = build_tokenizer([line], vocab_size=300, add_bos=False)
+    row = tokenize_icot(tokenizer, parse_icot_line(strip_cot(line)))
+    eos = tokenizer.eos_token_id
+    first = row["input_ids"].index(eos)
+    assert row["input_ids"][first + 1] == eos and not any(row["cot_mask"])
+
+
+def _result(label, accuracy, n=200, evaluation="with CoT"):
+    return {
+        "label": label,
+        "accuracy": accuracy,
+        "n": n,
+        "eval": evaluation,
+        "correct": round(accuracy * n),
+        "steps": 10,
+        "train_seconds": 3.0,
+    }
+
+
+def test_verdict_is_computed_from_the_numbers():
+    assert verdict(_result("Masked Thought", 0.5), _result("SFT", 0.435)) == (
+        "Masked Thought beat SFT by 6.5 points (0.500 vs 0.435 on 200 held-out problems, with CoT)."
+    )
+    lower = verdict(_result("Masked Thought", 0.41), _result("SFT", 0.435))
+    assert lower.startswith("Masked Thought did not beat SFT: 2.5 points lower (0.410 vs 0.435")
+    assert verdict(_result("X", 0.2), _result("Y", 0.2)).startswith("X did not beat Y: equal accuracy")
+
+
+def test_table_lists_every_method():
+    results = [_result("SFT", 0.25), _result("Masked Thought", 0.5)]
+    lines = format_table(results).splitlines()
+    assert lines[0].split() == ["method", "answers", "accuracy", "correct", "steps", "train", "time"]
+    assert lines[2].startswith("SFT ") and lines[3].startswith("Masked Thought ")
+    assert "50/200" in lines[2] and "0.500" in lines[3]
+
+
+# ---- the command --------------------------------------------------------------------------------
+# `--quick` run with matplotlib made unimportable: a plain install without it must still train,
+# print the table and verdicts and write results.json; then the plot is drawn in this process.
+BLOCK_MATPLOTLIB = (
+    "import sys; sys.modules['matplotlib'] = None; from axolotl_maskthought.cli import main; "
+    "sys.exit(main(sys.argv[1:]))"
+)
+
+
+def test_quickstart_quick_runs_and_reports(tmp_path):
+    output = tmp_path / "qs"
+    # one torch thread: on a shared 2-core box two threads per process thrash
+    command = [
+        sys.executable,
+        "-c",
+        BLOCK_MATPLOTLIB,
+        "quickstart",
+        "--quick",
+        "--threads",
+        "1",
+        "--output",
+        str(output),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out, err = done.stdout, done.stderr
+    assert "axolotl train" in out  # says what it ran
+    # for a person: no library log lines, warnings or tracebacks on the terminal (they are in the log)
+    for noise in ("Traceback", "Warning", "WARNING", "Failed to load", "it/s]", "[INFO]"):
+        assert noise not in out + err, noise
+    assert (output / "train.log").stat().st_size > 0
+
+    summary = json.loads((output / "results.json").read_text())
+    assert len(summary["comparisons"]) == 2
+    for comparison in summary["comparisons"]:
+        baseline, treatment = comparison["results"]
+        assert comparison["verdict"] == verdict(treatment, baseline)
+        assert f"Verdict: {comparison['verdict']}" in out
+        table = out[out.index(comparison["title"] + " (") :].splitlines()[1:5]  # the table's heading
+        for result, line in zip((baseline, treatment), table[2:]):
+            assert line.startswith(result["label"])
+            assert f"{result['accuracy']:.3f}" in line and f"{result['correct']}/{result['n']}" in line
+            assert 0 <= result["accuracy"] <= 1 and result["n"] > 0
+            assert result["correct"] == round(result["accuracy"] * result["n"])
+            assert result["steps"] > 0 and result["history"]["loss"] and result["parameters"] > 0
+            assert all(0 <= value <= 1 for _, value in result["history"]["accuracy"])
+            assert (Path(result["config"])).is_file()
+    methods = {r["method"]: r for c in summary["comparisons"] for r in c["results"]}
+    assert sorted(methods) == sorted(METHODS)
+    assert methods["stepwise_internalization"]["history"]["removed_tokens_mean"]
+    assert methods["masked_thought"]["eval"] == methods["sft"]["eval"] == "with CoT"
+    assert methods["no_cot_training"]["eval"] == methods["stepwise_internalization"]["eval"] == "no CoT"
+    assert "plot skipped" in out and not (output / "quickstart.png").exists()
+
+    pytest.importorskip("matplotlib")
+    plot(summary, output / "quickstart.png")
+    assert (output / "quickstart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,207 @@
+"""Subprocess worker for ``test_deepspeed_e2e``: one axolotl run under DeepSpeed on the CPU.
+
+Usage::
+
+    python tests/ds_worker.py CONFIG.yml RECORD.json
+
+Trains through axolotl's own entry point (``axolotl.cli.train.do_cli``) with the
+config as given (it lists our plugin, then :class:`StepRecorderPlugin`) and writes
+what happened to ``RECORD.json``: per optimizer step the CoT-removal count the
+trainer applied and the Adam step count of the optimizer that owns the state,
+the optimizer chain, the ZeRO stage and the trainer's log history. A failure is
+written there too (``{"error": ..., "traceback": ...}``) so the test can show it.
+
+What is needed to run axolotl 0.19 + DeepSpeed on a CPU-only box (one rank):
+
+* ``DS_ACCELERATOR=cpu`` (DeepSpeed's CPU accelerator; its communication backend
+  name is ``ccl``, which is not available here).
+* A gloo process group created *before* axolotl runs: axolotl's
+  ``setup_deepspeed_env`` (``axolotl/utils/trainer.py``) calls
+  ``deepspeed.comm.init_distributed(dist_backend="nccl", ...)``; when torch.distributed
+  is already initialised DeepSpeed wraps the existing group instead of creating one.
+* ``deepspeed.comm.torch.build_shm_op`` stubbed: with one rank the shared-memory
+  allreduce kernel is never used and its JIT build (a minute on a cold cache) is
+  skipped.
+* py-cpuinfo's ``get_cpu_info`` cached: ``DeepSpeedCPUAdam`` (optimizer offload) asks
+  for it on construction, which takes seconds on a loaded machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import sys
+import traceback
+from pathlib import Path
+
+from axolotl.integrations.base import BasePlugin
+from transformers import TrainerCallback
+
+from axolotl_maskthought.toy.tiny import OFFLINE_ENV
+
+PLUGIN = "ds_worker.StepRecorderPlugin"
+
+RECORD: dict = {"steps": [], "chain": None}
+TRAINER: dict = {}
+
+ENV = {
+    **OFFLINE_ENV,
+    "DS_ACCELERATOR": "cpu",
+    "CUDA_VISIBLE_DEVICES": "",
+    "MASTER_ADDR": "127.0.0.1",
+    "RANK": "0",
+    "LOCAL_RANK": "0",
+    "WORLD_SIZE": "1",
+    "LOCAL_WORLD_SIZE": "1",
+}
+
+
+# ---- reading the optimizer ----------------------------------------------------------
+def optimizer_chain(optimizer) -> list:
+    """``[optimizer, optimizer.optimizer, ...]`` down to the object that owns the state."""
+    chain = [optimizer]
+    while True:
+        inner = getattr(chain[-1], "optimizer", None)
+        if inner is None or any(inner is o for o in chain):
+            break
+        if not (hasattr(inner, "state") and hasattr(inner, "param_groups")):
+            break
+        chain.append(inner)
+    return chain
+
+
+def _as_int(value) -> int:
+    return int(value.item()) if hasattr(value, "item") else int(value)
+
+
+def adam_steps(optimizer) -> list[int]:
+    """Every step counter of the innermost optimizer (per-parameter ``state['step']``,
+    and ``param_groups[i]['step']`` for FusedAdam-style optimizers)."""
+    inner = optimizer_chain(optimizer)[-1]
+    steps = [_as_int(entry["step"]) for entry in inner.state.values() if entry and "step" in entry]
+    steps += [_as_int(group["step"]) for group in inner.param_groups if "step" in group]
+    return steps
+
+
+class _StepRecorder(TrainerCallback):
+    """At the end of optimizer step ``s`` (``state.global_step == s + 1``): the count the
+    trainer applied to step ``s`` and the inner optimizer's step counters."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        step = state.global_step - 1
+        if RECORD["chain"] is None:
+            RECORD["chain"] = [type(o).__name__ for o in optimizer_chain(trainer.optimizer)]
+        RECORD["steps"].append(
+            {
+                "step": step,
+                "count": trainer.applied_counts.get(step),
+                "adam_steps": sorted(set(adam_steps(trainer.optimizer))),
+            }
+        )
+
+
+class StepRecorderPlugin(BasePlugin):
+    """Keeps the trainer and records the optimizer after every step (list it after ours)."""
+
+    def post_trainer_create(self, cfg, trainer):
+        TRAINER["trainer"] = trainer
+        trainer.add_callback(_StepRecorder(trainer))
+
+
+# ---- process setup ---------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def prepare_process() -> None:
+    """Environment, DeepSpeed patches and the gloo group (see the module docstring)."""
+    for key, value in ENV.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+
+    import importlib
+
+    import torch
+
+    ds_comm_torch = importlib.import_module("deepspeed.comm.torch")
+    ds_comm_torch.build_shm_op = lambda: None
+    try:
+        import functools
+
+        import cpuinfo
+
+        cpuinfo.get_cpu_info = functools.cache(cpuinfo.get_cpu_info)
+    except ImportError:
+        pass
+
+    # datasets' save_to_disk(num_proc=1) starts a spawn pool that re-imports torch and
+    # axolotl (~40 s here); save in this process instead (same files).
+    from axolotl.utils.data import sft, shared
+
+    def save_in_process(cfg, dataset, dataset_hash, split):
+        path = shared.get_prepared_dataset_path(cfg, dataset_hash)
+        path.mkdir(parents=True, exist_ok=True)
+        dataset.save_to_disk(str(path))
+
+    sft.save_preprocessed_dataset = save_in_process
+
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+
+
+def _zero_stage(trainer):
+    engine = getattr(trainer, "model_wrapped", None)
+    stage = getattr(engine, "zero_optimization_stage", None)
+    return stage() if callable(stage) else None
+
+
+def _offload_device(trainer):
+    engine = getattr(trainer, "model_wrapped", None)
+    offload = getattr(engine, "zero_offload_optimizer", None)
+    config = offload() if callable(offload) else None
+    device = getattr(config, "device", None)
+    return None if device is None else str(getattr(device, "value", device))
+
+
+def main(argv: list[str]) -> int:
+    config, out = argv
+    record_path = Path(out)
+    try:
+        prepare_process()
+        from axolotl.cli.train import do_cli
+
+        sys.argv = [sys.argv[0]]  # do_cli parses trainer CLI args from sys.argv
+        do_cli(config=config)
+        trainer = TRAINER["trainer"]
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        RECORD.update(
+            applied_counts={str(k): v for k, v in sorted(trainer.applied_counts.items())},
+            micro_batches_per_epoch=trainer.micro_batches_per_epoch,
+            global_step=trainer.state.global_step,
+            max_steps=trainer.state.max_steps,
+            zero_stage=_zero_stage(trainer),
+            offload_optimizer=_offload_device(trainer),
+            is_deepspeed_enabled=bool(getattr(trainer, "is_deepspeed_enabled", False)),
+            log_history=trainer.state.log_history,
+            losses_finite=all(math.isfinite(x) for x in losses),
+        )
+    except BaseException as exc:  # noqa: BLE001 - reported to the test
+        RECORD.update(error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        record_path.write_text(json.dumps(RECORD, default=str))
+        raise
+    record_path.write_text(json.dumps(RECORD, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    import ds_worker  # the copy axolotl imports for `plugins:` (not this __main__ module)
+
+    sys.exit(ds_worker.main(sys.argv[1:]))
