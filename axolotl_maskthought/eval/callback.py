@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from transformers import TrainerCallback
 
 from axolotl_maskthought.data.formats import ANSWER_MARK, IGNORE_INDEX, CoTExample
+from axolotl_maskthought.data.registry import EVAL_FORMATS, dataset_entries
 
 LOG = logging.getLogger("axolotl.maskthought")
-FORMATS = ("icot", "gsm8k")
 METRIC_COT = "eval_accuracy_cot"
 METRIC_NO_COT = "eval_accuracy_no_cot"
 
@@ -66,7 +66,7 @@ def example_from_tokens(
             question = question.rstrip()[: -len(suffix.strip())]
         question = question.strip()
     else:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+        raise ValueError(f"unknown format {fmt!r}; expected one of {EVAL_FORMATS}")
     return CoTExample(question, decode(input_ids[prompt_end:cot_end]).strip(), answer)
 
 
@@ -158,13 +158,11 @@ class AnswerAccuracyCallback(TrainerCallback):
 
 
 def dataset_format(cfg) -> str | None:
-    """``icot`` / ``gsm8k`` from the first evaluation (else training) dataset's ``type:``."""
-    for key in ("test_datasets", "datasets"):
-        for dataset in cfg.get(key) or []:
-            ds_type = str(dataset.get("type") or "")
-            name = ds_type.rsplit(".", 1)[-1].split(":")[0]
-            if ds_type.startswith("axolotl_maskthought.strategies.") and name in FORMATS:
-                return name
+    """``icot`` / ``gsm8k`` from the first evaluation (else training) dataset whose ``type:``
+    the registry (:func:`axolotl_maskthought.data.registry.dataset_type`) says eval supports."""
+    for *_, entry in dataset_entries(cfg, keys=("test_datasets", "datasets")):
+        if entry is not None and entry.evaluates:
+            return entry.format
     return None
 
 

@@ -23,16 +23,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from axolotl_maskthought.data.formats import ANSWER_MARK, CoTExample, parse_gsm8k_row, parse_icot_line
+from axolotl_maskthought.data.registry import EVAL_FORMATS, format_for_suffix
 
-FORMATS = ("gsm8k", "icot")
 GSM8K_ANSWER = re.compile(r"#### (-?[0-9.,]+)")
 TOLERANCE = 1e-4
-SUFFIX_FORMATS = {".jsonl": "gsm8k", ".json": "gsm8k", ".txt": "icot"}
 
 
 def check_format(fmt: str) -> str:
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if fmt not in EVAL_FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: expected one of {', '.join(EVAL_FORMATS)}")
     return fmt
 
 
@@ -41,11 +40,12 @@ def infer_format(path: str | Path, fmt: str | None = None) -> str:
     if fmt is not None:
         return check_format(fmt)
     suffix = Path(path).suffix.lower()
-    if suffix not in SUFFIX_FORMATS:
+    fmt = format_for_suffix(suffix)
+    if fmt is None:
         raise ValueError(
             f"{path}: cannot tell the format from the suffix {suffix or '(none)'!r}; pass --format gsm8k|icot"
         )
-    return SUFFIX_FORMATS[suffix]
+    return fmt
 
 
 def _number(text: str) -> float | None:

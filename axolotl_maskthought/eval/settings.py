@@ -4,14 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from axolotl_maskthought.data.registry import dataset_type
 from axolotl_maskthought.eval.loading import model_kind
-
-
-def _format_from_type(dataset_type) -> str | None:
-    if isinstance(dataset_type, str) and dataset_type.startswith("axolotl_maskthought.strategies."):
-        name = dataset_type.rsplit(".", 1)[1]
-        return name if name in ("gsm8k", "icot") else None
-    return None
 
 
 def settings_from_config(path: str | Path) -> dict:
@@ -33,7 +27,7 @@ def settings_from_config(path: str | Path) -> dict:
     if not trained and not base_model:
         raise ValueError(f"{path}: `output_dir` holds no weights and `base_model` is not set")
     types = [d.get("type") for d in cfg.get("datasets") or [] if isinstance(d, dict)]
-    formats = [fmt for fmt in map(_format_from_type, types) if fmt]
+    formats = [entry.format for entry in map(dataset_type, types) if entry is not None and entry.evaluates]
     try:
         cot_format = CoTFormatConfig(**(cfg.get("cot_format") or {}))
     except ValueError as err:

@@ -54,16 +54,19 @@ def training_cot_lengths(config: dict, sample_rows: int | None = COT_SAMPLE_ROWS
     import importlib
     import random
 
-    from axolotl_maskthought.adapters.axolotl.validation import STRATEGY_PREFIX
     from axolotl_maskthought.data.files import local_file, read_rows
+    from axolotl_maskthought.data.registry import dataset_type
 
     entries = config.get("datasets") or []
+    modules = []
     for index, entry in enumerate(entries):
         ds_type = str(entry.get("type", "")) if isinstance(entry, dict) else ""
-        if not ds_type.startswith(STRATEGY_PREFIX):
+        registered = dataset_type(ds_type)
+        if registered is None:
             return TrainingCoTLengths(
                 None, f"`datasets[{index}]` ({ds_type or 'no type'}) is not one of this package's strategies"
             )
+        modules.append(registered.module)
         if local_file(entry) is None:
             return TrainingCoTLengths(None, f"`datasets[{index}]` is not a local file")
     try:
@@ -73,9 +76,9 @@ def training_cot_lengths(config: dict, sample_rows: int | None = COT_SAMPLE_ROWS
     sequence_len = config.get("sequence_len")
     truncate = str(config.get("excess_length_strategy") or "drop").lower() == "truncate"
     rows = []
-    for entry in entries:
+    for entry, module in zip(entries, modules):
         try:
-            strategy = importlib.import_module(str(entry["type"])).load(tokenizer, config, entry)
+            strategy = importlib.import_module(module).load(tokenizer, config, entry)
         except ValueError as err:
             raise ValueError(str(err)) from None
         keep = strategy.filter_rows or (lambda row: True)

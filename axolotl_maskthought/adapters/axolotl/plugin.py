@@ -15,18 +15,13 @@ from pathlib import Path
 
 from axolotl.integrations.base import BasePlugin
 
-from axolotl_maskthought.adapters.axolotl.validation import STRATEGY_PREFIX
+from axolotl_maskthought.data.registry import dataset_entries
 
 LOG = logging.getLogger("axolotl.maskthought")
 
 
 def _uses_strategies(cfg) -> bool:
-    for key in ("datasets", "test_datasets"):
-        for dataset in cfg.get(key) or []:
-            ds_type = dataset.get("type") if hasattr(dataset, "get") else None
-            if isinstance(ds_type, str) and ds_type.startswith(STRATEGY_PREFIX):
-                return True
-    return False
+    return any(entry is not None for *_, entry in dataset_entries(cfg))
 
 
 def is_active(cfg) -> bool:

@@ -14,12 +14,10 @@ import logging
 from pathlib import Path
 
 from axolotl_maskthought.config import MaskedThoughtConfig
+from axolotl_maskthought.data.registry import DATASET_TYPES, dataset_type, has_suffix, split_type
 from axolotl_maskthought.engine.optimizer_support import DEEPSPEED_VERIFIED, reset_support
 
 LOG = logging.getLogger("axolotl.maskthought.config")
-
-STRATEGY_PREFIX = "axolotl_maskthought.strategies."
-SPAN_STRATEGIES = ("gsm8k", "icot", "chat_template")
 
 # Per-dataset keys that axolotl's loader reads whatever the strategy is.
 LOADER_DATASET_KEYS = frozenset(
@@ -38,12 +36,6 @@ LOADER_DATASET_KEYS = frozenset(
         "weight",
     }
 )
-# Per-dataset keys our strategies read, by strategy (the rest are axolotl strategies' own).
-STRATEGY_DATASET_KEYS = {
-    "gsm8k": frozenset(),
-    "icot": frozenset(),
-    "chat_template": frozenset({"chat_template", "chat_template_jinja"}),
-}
 # What axolotl's own validation writes into every dataset entry's `message_property_mappings`.
 AXOLOTL_FILLED_MAPPINGS = {"role": "role", "content": "content"}
 # Where an axolotl per-dataset key's meaning lives for our strategies.
@@ -56,17 +48,10 @@ DATASET_KEY_HINTS = {
     "chat_template": "the top-level `chat_template` (read by the chat_template strategy only)",
     "chat_template_jinja": "the top-level `chat_template_jinja` (read by the chat_template strategy only)",
 }
-# `cot_format` keys and the strategies that read them.
+# `cot_format` keys and the strategies that read them (the registry's order).
 COT_FORMAT_READERS = {
-    "prompt_template": ("gsm8k",),
-    "question_field": ("gsm8k",),
-    "answer_field": ("gsm8k",),
-    "skip_invalid_rows": ("gsm8k", "icot", "chat_template"),
-    "eval_accuracy_samples": ("gsm8k", "icot"),
-    "messages_field": ("chat_template",),
-    "reasoning_field": ("chat_template",),
-    "think_tags": ("chat_template",),
-    "reasoning_turns": ("chat_template",),
+    option: tuple(entry.name for entry in DATASET_TYPES if option in entry.cot_format_keys)
+    for option in sorted({option for entry in DATASET_TYPES for option in entry.cot_format_keys})
 }
 
 
@@ -79,15 +64,14 @@ def _get(obj, key, default=None):
 
 
 def span_recording_types() -> list[str]:
-    return [STRATEGY_PREFIX + name for name in SPAN_STRATEGIES]
+    return [entry.module for entry in DATASET_TYPES]
 
 
 def strategy_name(ds_type) -> str | None:
-    """``gsm8k`` / ``icot`` / ``chat_template`` for this package's ``type:``, else None."""
-    ds_type = str(ds_type or "").split(":")[0]
-    if ds_type.startswith(STRATEGY_PREFIX) and ds_type[len(STRATEGY_PREFIX) :] in SPAN_STRATEGIES:
-        return ds_type[len(STRATEGY_PREFIX) :]
-    return None
+    """``gsm8k`` / ``icot`` / ``chat_template`` for this package's ``type:`` (the registry's
+    answer, :func:`axolotl_maskthought.data.registry.dataset_type`), else None."""
+    entry = dataset_type(ds_type)
+    return entry.name if entry is not None else None
 
 
 def datasets_without_cot_span(datasets) -> list[tuple[int, str]]:
@@ -212,16 +196,22 @@ def _check_dataset_keys(data: dict) -> None:
     """axolotl strategy options written on a dataset of ours: our strategies never read them."""
     for key in ("datasets", "test_datasets"):
         for index, dataset in enumerate(data.get(key) or []):
-            name = strategy_name(_get(dataset, "type"))
-            if name is None:
+            ds_type = _get(dataset, "type")
+            entry = dataset_type(ds_type)
+            if entry is None:
                 continue
+            if has_suffix(ds_type):
+                raise ValueError(
+                    f"`{key}[{index}].type` is {ds_type!r}: axolotl's loader cannot import a strategy of this "
+                    f"package with a `:` suffix (it looks for a module named so); write `{split_type(ds_type)[0]}`"
+                )
             for option in _written_dataset_keys(dataset):
-                if option in LOADER_DATASET_KEYS or option in STRATEGY_DATASET_KEYS[name]:
+                if option in LOADER_DATASET_KEYS or option in entry.dataset_keys:
                     continue
                 hint = DATASET_KEY_HINTS.get(option)
                 raise ValueError(
                     f"`{key}[{index}].{option}` is an option of axolotl's own prompt strategies; "
-                    f"`{STRATEGY_PREFIX}{name}` does not read it" + (f": use {hint}" if hint else "; remove it")
+                    f"`{entry.module}` does not read it" + (f": use {hint}" if hint else "; remove it")
                 )
 
 
