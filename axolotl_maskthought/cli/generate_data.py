@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from axolotl_maskthought.data.files import write_jsonl, write_lines
 from axolotl_maskthought.data.generators import (
     _HANDLER,
-    _read_gsm8k_jsonl,
     generate_arithmetic,
     generate_multiplication,
+    gsm8k_jsonl_to_icot_lines,
 )
 
 
@@ -26,7 +26,7 @@ def _run_multiplication(args: argparse.Namespace) -> str:
 
 
 def _run_gsm8k_to_icot(args: argparse.Namespace) -> str:
-    lines, skipped = _read_gsm8k_jsonl(args.input, args.skip_invalid)
+    lines, skipped = gsm8k_jsonl_to_icot_lines(args.input, args.skip_invalid)
     written = write_lines(args.output, lines)
     note = f" (skipped {skipped} invalid rows)" if args.skip_invalid else ""
     return f"wrote {written} ICoT lines to {args.output}{note}"

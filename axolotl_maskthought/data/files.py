@@ -6,23 +6,100 @@ One reader per file kind; every error names the file and the 1-based row.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
-# ---- dataset size ------------------------------------------------------------------------------
+# ---- readers: text lines, JSON lines, JSON arrays --------------------------------------------
+def read_text_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without its newline) of the non-blank lines of ``path``.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file (the message names it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                yield number, line.rstrip("\n")
+
+
+def parse_json_line(path: str | Path, number: int, line: str, require_object: bool = False):
+    """The JSON value of line ``number`` of ``path``.
+
+    Raises:
+        ValueError: ``{path}: row {number}: not valid JSON (...)``, or ``not a JSON object``
+            when ``require_object`` and the value is not one.
+    """
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: row {number}: not valid JSON ({err.msg})") from None
+    if require_object and not isinstance(row, dict):
+        raise ValueError(f"{path}: row {number}: not a JSON object")
+    return row
+
+
+def read_jsonl_rows(
+    path: str | Path, limit: int | None = None, require_object: bool = False
+) -> Iterator[tuple[int, object]]:
+    """(1-based line number, JSON value) of a JSON-lines file, blank lines skipped, at most
+    ``limit`` rows; errors name the file and row (:func:`parse_json_line`)."""
+    for count, (number, line) in enumerate(read_text_lines(path)):
+        if limit is not None and count >= limit:
+            return
+        yield number, parse_json_line(path, number, line, require_object)
+
+
+def read_jsonl(path: str | Path, limit: int | None = None) -> list:
+    """The JSON values of a JSON-lines file (blank lines skipped), at most ``limit``."""
+    return [row for _, row in read_jsonl_rows(path, limit)]
+
+
+def is_json_array(path: Path) -> bool:
+    """A ``.json`` file whose text starts with ``[`` (one JSON array, which axolotl also loads)."""
+    if path.suffix != ".json":
+        return False
+    with open(path, encoding="utf-8") as handle:
+        return handle.read(1024).lstrip().startswith("[")
+
+
+def read_json_array(path: str | Path) -> list[tuple[int, object]]:
+    """(1-based index, item) of a file holding one JSON array.
+
+    Raises:
+        ValueError: ``{path}: not a valid JSON array (...)``.
+    """
+    try:
+        items = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not a valid JSON array ({err.msg}, line {err.lineno})") from None
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: not a valid JSON array")
+    return list(enumerate(items, start=1))
+
+
+def read_rows(path: Path) -> list[tuple[int, object]]:
+    """(1-based row number, row) of a dataset file as axolotl loads it: a ``.json`` array's
+    items, the values of ``.jsonl``/``.json`` lines, else each text line as ``{"text": line}``.
+    Blank lines are skipped; errors name the file and row."""
+    if is_json_array(path):
+        return read_json_array(path)
+    if path.suffix in (".jsonl", ".json"):
+        return list(read_jsonl_rows(path))
+    return [(number, {"text": line}) for number, line in read_text_lines(path)]
+
+
 def count_rows(path: Path) -> int:
     """Rows of a local file: a .json array's items, else non-blank lines (.jsonl, JSON lines, .txt)."""
-    with open(path, encoding="utf-8") as handle:
-        if path.suffix == ".json" and handle.read(1024).lstrip().startswith("["):
-            import json
-
-            handle.seek(0)
-            return len(json.load(handle))
-        handle.seek(0)
-        return sum(1 for line in handle if line.strip())
+    if is_json_array(path):
+        return len(read_json_array(path))
+    return sum(1 for _ in read_text_lines(path))
 
 
+# ---- writers ----------------------------------------------------------------------------------
 def write_lines(path: str | Path, lines: Iterable[str]) -> int:
     """Write one line per item (newline-terminated, UTF-8), creating parent directories.
 
@@ -36,18 +113,6 @@ def write_lines(path: str | Path, lines: Iterable[str]) -> int:
             handle.write(line + "\n")
             written += 1
     return written
-
-
-def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
-    """The JSON objects of a JSON-lines file (blank lines skipped), at most ``limit``."""
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if limit is not None and len(rows) >= limit:
-                break
-            if line.strip():
-                rows.append(json.loads(line))
-    return rows
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
@@ -66,31 +131,3 @@ def local_file(ds_cfg) -> Path | None:
     if candidate and Path(candidate).is_file():
         return Path(candidate)
     return None
-
-
-def read_rows(path: Path) -> list[tuple[int, object]]:
-    """(1-based line number, row) for a .jsonl/.json-lines or text file; blank lines skipped.
-
-    A .json file holding one JSON array (which axolotl also loads) gives (1-based index, row).
-    """
-    rows = []
-    if path.suffix == ".json":
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-        if text.lstrip().startswith("["):
-            try:
-                return list(enumerate(json.loads(text), start=1))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: not a valid JSON array ({err.msg}, line {err.lineno})") from None
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            if path.suffix in (".jsonl", ".json"):
-                try:
-                    rows.append((number, json.loads(line)))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}: row {number}: not valid JSON ({err.msg})") from None
-            else:
-                rows.append((number, {"text": line.rstrip("\n")}))
-    return rows

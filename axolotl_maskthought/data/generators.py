@@ -16,13 +16,11 @@ This module uses the standard library only.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
 
-from axolotl_maskthought.data import formats
-from axolotl_maskthought.data.files import write_lines
+from axolotl_maskthought.data.files import parse_json_line, read_text_lines, write_lines
 
 COT_SEPARATOR = "||"
 ANSWER_MARKER = "####"
@@ -111,16 +109,6 @@ def generate_multiplication(a_digits: int, b_digits: int, count: int, seed: int)
     return lines
 
 
-def parse_icot_line(line: str) -> tuple[str, str, str]:
-    """Split ``question||cot #### answer`` into stripped ``(question, cot, answer_text)``.
-
-    A thin tuple view of :func:`axolotl_maskthought.data.formats.parse_icot_line`, which
-    raises ``ValueError`` when a separator is missing or the question or answer is empty.
-    """
-    example = formats.parse_icot_line(line)
-    return example.question, example.cot, example.answer
-
-
 def gsm8k_row_to_icot(question: str, answer: str) -> str:
     """Convert one GSM8K row to an official ICoT GSM8K line.
 
@@ -144,23 +132,22 @@ def gsm8k_row_to_icot(question: str, answer: str) -> str:
     return f"{question}{COT_SEPARATOR}{cot} {ANSWER_MARKER} {final.strip()}"
 
 
-def _read_gsm8k_jsonl(src: str | Path, skip_invalid: bool) -> tuple[list[str], int]:
-    """ICoT lines of a GSM8K jsonl file and the number of rows skipped."""
+def gsm8k_jsonl_to_icot_lines(src: str | Path, skip_invalid: bool = False) -> tuple[list[str], int]:
+    """ICoT lines of a GSM8K jsonl file (``question``/``answer`` rows) and the number of rows
+    skipped (bad rows raise ``ValueError`` naming the file and 1-based row unless ``skip_invalid``)."""
     lines = []
     skipped = 0
-    with open(src, encoding="utf-8") as handle:
-        for row_number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
+    for row_number, raw in read_text_lines(src):
+        try:
+            row = parse_json_line(src, row_number, raw, require_object=True)
             try:
-                row = json.loads(raw)
-                if not isinstance(row, dict):
-                    raise ValueError("row is not a JSON object")
                 lines.append(gsm8k_row_to_icot(str(row.get("question", "")), str(row.get("answer", ""))))
             except ValueError as error:
-                if not skip_invalid:
-                    raise ValueError(f"{src}: row {row_number}: {error}") from error
-                skipped += 1
+                raise ValueError(f"{src}: row {row_number}: {error}") from error
+        except ValueError:
+            if not skip_invalid:
+                raise
+            skipped += 1
     return lines, skipped
 
 
@@ -172,7 +159,7 @@ def convert_gsm8k_jsonl(src: str | Path, dst: str | Path, skip_invalid: bool = F
     ``ValueError`` naming the file and 1-based row, and ``dst`` is not written.  Blank
     lines are ignored.
     """
-    lines, skipped = _read_gsm8k_jsonl(src, skip_invalid)
+    lines, skipped = gsm8k_jsonl_to_icot_lines(src, skip_invalid)
     write_lines(dst, lines)
     return skipped
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+from axolotl_maskthought.data.files import parse_json_line, read_jsonl_rows, read_text_lines
 from axolotl_maskthought.data.formats import ANSWER_MARK, CoTExample, parse_gsm8k_row, parse_icot_line
 from axolotl_maskthought.data.registry import EVAL_FORMATS, format_for_suffix
 
@@ -111,34 +112,6 @@ def score_generation(generation: str, gold: str, fmt: str, no_cot: bool = False)
     return extracted, is_correct(extracted, gold, fmt)
 
 
-def gold_solution(example: CoTExample, fmt: str) -> str:
-    """The text a perfect CoT-mode model generates after the prompt (decoded without
-    special tokens): scoring it against ``example.answer`` is always correct."""
-    if check_format(fmt) == "icot":
-        return f" {example.cot} {ANSWER_MARK} {example.answer}"
-    return f"{example.cot}{ANSWER_MARK} {example.answer}"
-
-
-def _lines(path: Path) -> Iterable[tuple[int, str]]:
-    """(1-based line number, line) of the non-blank lines."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                yield number, line.rstrip("\n")
-
-
-def _json_object(path: Path, number: int, line: str) -> dict:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: row {number}: not valid JSON ({err.msg})") from None
-    if not isinstance(row, dict):
-        raise ValueError(f"{path}: row {number}: not a JSON object")
-    return row
-
-
 def _parse_example(row, fmt: str, question_field: str, answer_field: str) -> CoTExample:
     if fmt == "icot":
         return parse_icot_line(row)
@@ -159,10 +132,10 @@ def load_examples(path: str | Path, fmt: str, cot_format=None, limit: int | None
     question_field = getattr(cot_format, "question_field", "question")
     answer_field = getattr(cot_format, "answer_field", "answer")
     examples = []
-    for number, line in _lines(path):
+    for number, line in read_text_lines(path):
         if limit is not None and len(examples) >= limit:
             break
-        row = line if fmt == "icot" else _json_object(path, number, line)
+        row = line if fmt == "icot" else parse_json_line(path, number, line, require_object=True)
         try:
             examples.append(_parse_example(row, fmt, question_field, answer_field))
         except ValueError as err:
@@ -176,8 +149,8 @@ def read_generations(path: str | Path, field: str = "generation") -> list[str]:
     """The ``field`` string of every JSON line of ``path`` (one per example, in order)."""
     path = Path(path)
     generations = []
-    for number, line in _lines(path):
-        value = _json_object(path, number, line).get(field)
+    for number, row in read_jsonl_rows(path, require_object=True):
+        value = row.get(field)
         if not isinstance(value, str):
             raise ValueError(f"{path}: row {number}: no string field `{field}`")
         generations.append(value)

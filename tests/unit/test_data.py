@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import astuple
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from axolotl_maskthought.cli import generate_data as data_cli
 from axolotl_maskthought.data import files
 from axolotl_maskthought.data import generators as data
+from axolotl_maskthought.data.formats import parse_icot_line
 
 MULT_FILES = [f"{n}_by_{n}_mult/{split}.txt" for n in (4, 5, 7, 9) for split in ("valid", "test_bigbench")]
 GSM8K_TEST_EXACT_MATCH = 1.0
@@ -25,7 +27,7 @@ def test_multiplication_reproduces_official_file(shared_data: Path, name: str) -
     lines = _read_lines(shared_data / "icot" / name)
     assert len(lines) == 1000
     for line in lines:
-        question, _, _ = data.parse_icot_line(line)
+        question, _, _ = astuple(parse_icot_line(line))
         a, b, a_digits, b_digits = data.parse_multiplication_question(question)
         assert data.multiplication_line(a, b, a_digits, b_digits) == line
 
@@ -40,7 +42,7 @@ def test_multiplication_line_example() -> None:
 
 def test_multiplication_mixed_digit_counts() -> None:
     line = data.multiplication_line(123, 45, 3, 2)
-    _, cot, answer = data.parse_icot_line(line)
+    _, cot, answer = astuple(parse_icot_line(line))
     assert "(" not in cot
     assert cot == "5 1 6 0 + 0 2 9 4 0"
     assert data.reversed_digits_to_int(answer) == 123 * 45
@@ -63,7 +65,7 @@ def test_generated_multiplication(a_digits: int, b_digits: int) -> None:
     assert lines != data.generate_multiplication(a_digits, b_digits, 200, seed=8)
     assert len(lines) == 200
     for line in lines:
-        question, cot, answer = data.parse_icot_line(line)
+        question, cot, answer = astuple(parse_icot_line(line))
         left, right = question.split(" * ")
         assert len(left.split()) == a_digits and len(right.split()) == b_digits
         assert left.split()[-1] != "0" and right.split()[-1] != "0"
@@ -81,8 +83,8 @@ def test_generate_multiplication_rejects_bad_arguments() -> None:
 
 
 def test_parse_icot_line() -> None:
-    assert data.parse_icot_line("q ||<<1+1=2>> #### 2\n") == ("q", "<<1+1=2>>", "2")
-    assert data.parse_icot_line("q|| #### 7") == ("q", "", "7")
+    assert astuple(parse_icot_line("q ||<<1+1=2>> #### 2\n")) == ("q", "<<1+1=2>>", "2")
+    assert astuple(parse_icot_line("q|| #### 7")) == ("q", "", "7")
 
 
 @pytest.mark.parametrize(
@@ -95,7 +97,7 @@ def test_parse_icot_line() -> None:
 )
 def test_parse_icot_line_errors(line: str, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
-        data.parse_icot_line(line)
+        parse_icot_line(line)
 
 
 def test_gsm8k_row_to_icot() -> None:
@@ -266,3 +268,29 @@ def test_read_jsonl_round_trip_skips_blank_lines_and_stops_at_limit(tmp_path: Pa
     assert files.read_jsonl(path) == rows
     assert files.read_jsonl(path, limit=3) == rows[:3]
     assert files.read_jsonl(path, limit=0) == []
+
+
+def test_one_reader_per_file_kind_names_file_and_row(tmp_path: Path) -> None:
+    lines = tmp_path / "rows.jsonl"
+    lines.write_text('{"a": 1}\n\n[1]\n{oops\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(lines))}: row 4: not valid JSON"):
+        list(files.read_jsonl_rows(lines))
+    assert list(files.read_jsonl_rows(lines, limit=2)) == [(1, {"a": 1}), (3, [1])]
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(lines))}: row 3: not a JSON object"):
+        list(files.read_jsonl_rows(lines, require_object=True))
+
+    array = tmp_path / "rows.json"
+    array.write_text('  [{"a": 1},\n {"a": 2}]', encoding="utf-8")
+    assert files.read_rows(array) == [(1, {"a": 1}), (2, {"a": 2})]
+    assert files.count_rows(array) == 2
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"a": 1},', encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(broken))}: not a valid JSON array"):
+        files.count_rows(broken)
+
+    text = tmp_path / "rows.txt"
+    text.write_text("q||c #### 1\n\n  \nq2|| #### 2", encoding="utf-8")
+    assert files.read_rows(text) == [(1, {"text": "q||c #### 1"}), (4, {"text": "q2|| #### 2"})]
+    assert files.count_rows(text) == 2
+    with pytest.raises(FileNotFoundError, match=r"absent\.txt: no such file"):
+        list(files.read_text_lines(tmp_path / "absent.txt"))
