@@ -88,15 +88,18 @@ def run_training(
     return result
 
 
-def summary(values: list[float]) -> dict:
-    """Median, min, max and the relative spread ((max - min) / median)."""
-    values = sorted(values)
+def spread(values) -> dict | None:
+    """Median, min, max, n and the relative spread ((max - min) / median; None at median 0) of
+    the values that are not None; None when there are none. The one summary statistic of bench/."""
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
     median = statistics.median(values)
     return {
         "median": median,
         "min": values[0],
         "max": values[-1],
-        "spread": (values[-1] - values[0]) / median if median else float("nan"),
+        "spread": (values[-1] - values[0]) / median if median else None,
         "n": len(values),
     }
 

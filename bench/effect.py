@@ -10,19 +10,19 @@ Methods (same model, data, steps, learning rate; one process per run):
   mft     — Masked Thought on the CoT data (ratio 0.4, random tokens, warm-up 0.66);
             ``mft_R`` the same at ratio R (``mft_0.1``).
 
-Evaluation (this script, not ``eval``): greedy decoding on held-out problems, exact
-match of the answer after ``####``, with CoT (prompt ``question eos``, generate
-CoT, eos, answer) and without (prompt ``question eos eos``). For a model trained
-with ``keep_position``, no-CoT decoding numbers the positions after the prompt as
-if the CoT (a fixed number of tokens for a fixed digit count) were still there,
-as in training.
+Data, tiny model and each method's YAML come from the quickstart's experiment runner
+(``axolotl_maskthought.toy.experiment``: ``prepare``, ``config_for`` and its methods), so the
+benchmark trains what users run. Training runs go to parallel subprocesses (``--jobs``,
+bench/train_worker.py, which calls ``toy.experiment.train_in_process``); ``--eval-only``
+scores runs already trained.
 
-Data: training lines from ``axolotl_maskthought.data.generate_multiplication``
-(one file per task, generator seed 1; the run seed only changes initial order and
-masks); test: ../shared/data/icot/4_by_4_mult/test_bigbench.txt for 4x4, or
-problems generated with seed 2 and filtered against the training set otherwise.
-Training runs go to parallel subprocesses (``--jobs``); ``--eval-only`` scores
-runs already trained.
+Evaluation: the package's own :func:`~axolotl_maskthought.eval.evaluation.evaluate_model`
+(what ``axolotl-maskthought eval`` runs): greedy decoding on the held-out problems
+(``test.txt``) and the validation split (``valid.txt``), the ICoT paper's exact match of the
+answer after ``####``, with CoT and without (``--no-cot``, and for a model trained with
+``keep_position`` the positions after the prompt shifted by each example's CoT length, as
+in training). Digit accuracy (the fraction of the gold answer's digits right at the same
+place) is read from the same predictions.
 
     python bench/effect.py [--digits 4] [--methods no_cot,cot,si,mft] [--seeds 0,1] [--quick]
 """
@@ -36,181 +36,113 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import WORK_DIR, base_config, command_line, machine_note, run_training, save_json, shared_file, write_yaml
+from common import WORK_DIR, command_line, machine_note, run_training, save_json, write_yaml
 
-ICOT = "axolotl_maskthought.strategies.icot"
+from axolotl_maskthought.toy import experiment
+
 # Runs train in parallel subprocesses, but evaluation loads models in this process:
 # concurrent `from_pretrained` calls from threads re-initialised weights (transformers 5).
 EVAL_LOCK = threading.Lock()
-PLUGIN = "axolotl_maskthought.MaskThoughtPlugin"
 
 
-def method_blocks(method: str, args) -> dict:
+def method_for(method: str, args) -> experiment.Method:
+    """The quickstart runner's method for a name of ``--methods``."""
     if method == "no_cot":
-        return {"cot_removal": {"remove_all_at": 0, "smoothing_lambda": None, "reset_optimizer": False}}
+        return experiment.NO_COT
     if method == "cot":
-        return {}
+        return experiment.SFT
     if method == "si":
-        return {
-            "cot_removal": {
-                "tokens_per_epoch": args.tokens_per_epoch,
-                "smoothing_lambda": args.smoothing,
-                "start_epoch": args.start_epoch,
-                "remove_all_at": args.remove_all_at,
-                "keep_position": not args.no_keep_position,
-                "reset_optimizer": args.reset,
-            }
-        }
+        return experiment.stepwise_internalization(
+            tokens_per_epoch=args.tokens_per_epoch,
+            start_epoch=args.start_epoch,
+            smoothing_lambda=args.smoothing,
+            keep_position=not args.no_keep_position,
+            reset_optimizer=args.reset,
+            remove_all_at=args.remove_all_at,
+        )
     if method == "mft" or method.startswith(("mft_", "mftmask_")):
         ratio = float(method.split("_", 1)[1]) if "_" in method else 0.4  # mft_0.1: ratio 0.1
-        replacement = "mask_token" if method.startswith("mftmask_") else "random"
-        return {"masked_thought": {"ratio": ratio, "replacement": replacement, "warmup": 0.66}}
+        return experiment.masked_thought(ratio, "mask_token" if method.startswith("mftmask_") else "random")
     raise ValueError(f"unknown method {method!r}")
 
 
-def prepare(
-    work: Path, digits: int, train_count: int, test_count: int, model_kwargs: dict, val_count: int = 200
-) -> dict:
-    from axolotl_maskthought.data.files import write_lines
-    from axolotl_maskthought.data.formats import parse_icot_line, tokenize_icot
-    from axolotl_maskthought.data.generators import generate_multiplication
-    from axolotl_maskthought.toy.tiny import build_tiny
+def sizes_for(args) -> experiment.Sizes:
+    return experiment.Sizes(
+        a_digits=args.digits,
+        b_digits=args.digits,
+        train_rows=args.train_count,
+        test_rows=args.test_count,
+        epochs=args.epochs,
+        micro_batch_size=args.batch_size,
+        learning_rate=args.lr,
+        hidden=args.hidden,
+        layers=args.layers,
+        heads=args.heads,
+        eval_steps=args.curve_every or 1,
+        eval_accuracy_samples=args.val_count if args.curve_every else 0,
+        val_rows=args.val_count,
+    )
 
-    train = generate_multiplication(digits, digits, train_count, seed=1)
-    if digits == 4:
-        test = shared_file("icot", "4_by_4_mult", "test_bigbench.txt").read_text().splitlines()
-    else:
-        seen = {line.split("||")[0] for line in train}
-        test = [
-            line
-            for line in generate_multiplication(digits, digits, test_count * 2, seed=2)
-            if line.split("||")[0] not in seen
-        ]
-    test = [line for line in test if line.strip()][:test_count]
-    # validation split (for choosing settings and the in-training curves): seed 3, none in train or test
-    seen = {line.split("||")[0] for line in train + test}
-    val = [
-        line
-        for line in generate_multiplication(digits, digits, val_count * 2, seed=3)
-        if line.split("||")[0] not in seen
-    ][:val_count]
-    train_path = work / f"mult{digits}_{train_count}.txt"
-    write_lines(train_path, train)
-    val_path = work / f"mult{digits}_val{val_count}.txt"
-    write_lines(val_path, val)
-    model_dir = work / f"gpt2_{digits}_{model_kwargs['hidden']}x{model_kwargs['layers']}x{model_kwargs['heads']}"
-    if not (model_dir / "config.json").exists():
-        build_tiny(model_dir, train[:2000], vocab_size=300, arch="gpt2", **model_kwargs)
-    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    example = tokenize_icot(tokenizer, parse_icot_line(train[0]))
-    cot_tokens = sum(example["cot_mask"])
+def prepare(work: Path, sizes: experiment.Sizes) -> dict:
+    """The quickstart runner's files and tiny model, plus the figures the report prints."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from axolotl_maskthought.data.formats import tokenize_icot
+
+    experiment.prepare(work, sizes)  # deterministic: --eval-only and --reuse find the same files
+    test = experiment.held_out_examples(work / "test.txt")
+    tokenizer = AutoTokenizer.from_pretrained(work / "model")
+    example = tokenize_icot(tokenizer, experiment.held_out_examples(work / "train_cot.txt")[0])
     return {
-        "train_path": train_path,
+        "model_dir": work / "model",
         "test": test,
-        "val": val,
-        "val_path": val_path,
-        "model_dir": model_dir,
-        "cot_tokens": cot_tokens,
-        "parameters": _parameters(model_dir),
+        "val": experiment.held_out_examples(work / "valid.txt"),
+        "cot_tokens": sum(example["cot_mask"]),
+        "parameters": AutoModelForCausalLM.from_pretrained(work / "model").num_parameters(),
         "sequence_tokens": len(example["input_ids"]),
     }
 
 
-def _parameters(model_dir: Path) -> int:
-    from transformers import AutoModelForCausalLM
+def held_out_accuracy(model, tokenizer, examples, no_cot: bool, keep_position: bool) -> tuple[float, float]:
+    """(exact-match accuracy, digit accuracy) from the package's ``evaluate_model``."""
+    from axolotl_maskthought.eval.evaluation import evaluate_model
 
-    return sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(model_dir).parameters())
-
-
-def greedy_accuracy(
-    model_dir: Path, lines: list[str], with_cot: bool, position_shift: int = 0, batch_size: int = 250
-) -> tuple[float, float]:
-    """Greedy decoding (KV cache, explicit position ids): (exact-match accuracy, digit
-    accuracy). Digit accuracy = the fraction of the gold answer's digits that the
-    prediction has right at the same place (a finer signal where exact match is 0)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from axolotl_maskthought.data.formats import icot_prompt_ids, parse_icot_line
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    eos = tokenizer.eos_token_id
-    examples = [parse_icot_line(line) for line in lines]
-    stop_after = 2 if with_cot else 1  # generated EOS tokens that end an answer
-    max_new = (sum(len(tokenizer(f" {e.cot}")["input_ids"]) for e in examples[:1]) + 40) if with_cot else 40
-    correct, digits_right, digits_total = 0, 0, 0
-    by_length: dict[int, list] = {}
-    for example in examples:
-        prompt = icot_prompt_ids(tokenizer, example.question, no_cot=not with_cot)
-        by_length.setdefault(len(prompt), []).append((prompt, example.answer))
-    with torch.no_grad():
-        for group in by_length.values():
-            for start in range(0, len(group), batch_size):
-                chunk = group[start : start + batch_size]
-                input_ids = torch.tensor([prompt for prompt, _ in chunk])
-                rows, length = input_ids.shape
-                positions = torch.arange(length).expand(rows, length).clone()
-                if position_shift and not with_cot:
-                    positions[:, -1] += position_shift  # the second EOS sits after the (removed) CoT
-                out = model(input_ids=input_ids, position_ids=positions, use_cache=True)
-                cache, next_position = out.past_key_values, positions[:, -1:] + 1
-                generated = [out.logits[:, -1].argmax(-1)]
-                for _ in range(max_new - 1):
-                    out = model(
-                        input_ids=generated[-1].unsqueeze(1),
-                        position_ids=next_position,
-                        past_key_values=cache,
-                        use_cache=True,
-                    )
-                    cache, next_position = out.past_key_values, next_position + 1
-                    generated.append(out.logits[:, -1].argmax(-1))
-                tokens = torch.stack(generated, 1).tolist()
-                for row, (_, gold) in zip(tokens, chunk):
-                    eos_seen, answer_ids = 0, []
-                    for token in row:
-                        if token == eos:
-                            eos_seen += 1
-                            if eos_seen == stop_after:
-                                break
-                            continue
-                        if eos_seen == stop_after - 1:
-                            answer_ids.append(token)
-                    text = tokenizer.decode(answer_ids)
-                    answer = text.split("####", 1)[1] if "####" in text else ""
-                    correct += " ".join(answer.split()) == " ".join(gold.split())
-                    digits_right += sum(p == g for p, g in zip(answer.split(), gold.split()))
-                    digits_total += len(gold.split())
-    return correct / len(lines), digits_right / digits_total
+    scored = evaluate_model(
+        model,
+        tokenizer,
+        examples,
+        "icot",
+        None,
+        no_cot,
+        250,
+        experiment._max_new_tokens(tokenizer, examples),
+        progress=False,
+        keep_position=keep_position and no_cot,
+    )
+    digits_right = digits_total = 0
+    for row in scored["predictions"]:
+        gold = row["gold"].split()
+        digits_right += sum(p == g for p, g in zip((row["extracted"] or "").split(), gold))
+        digits_total += len(gold)
+    return scored["accuracy"], digits_right / digits_total
 
 
 def run_one(method: str, seed: int, prepared: dict, args, work: Path) -> dict:
     name = f"{method}_s{seed}"
-    dataset = {"path": str(prepared["train_path"]), "type": ICOT}
-    blocks = method_blocks(method, args)
-    config = base_config(
-        prepared["model_dir"],
-        dataset,
-        work / "out" / name,
-        plugins=[PLUGIN, "steptimer.StepTimerPlugin"],
-        sequence_len=256,
-        micro_batch_size=args.batch_size,
-        num_epochs=args.epochs,
-        learning_rate=args.lr,
-        weight_decay=0.01,
-        max_grad_norm=1.0,
-        seed=seed,
+    config = experiment.config_for(method_for(method, args), sizes_for(args), work, prepared["model_dir"], seed)
+    config.update(
+        plugins=[*config["plugins"], "steptimer.StepTimerPlugin"],
+        output_dir=str(work / "out" / name),
+        dataset_prepared_path=str(work / f"prepared-{name}"),  # parallel runs never share one
         logging_steps=50,
-        **blocks,
-        **curve_settings(prepared, args),
-        **(
-            {"save_strategy": "steps", "save_steps": args.save_every, "save_only_model": True}
-            if args.save_every
-            else {"save_strategy": "no"}
-        ),
+        eval_batch_size=100,
     )
+    if not args.curve_every:
+        del config["test_datasets"]
+        config.update(eval_strategy="no", cot_format={})
+    if args.save_every:
+        config.update(save_strategy="steps", save_steps=args.save_every, save_only_model=True)
     config_path = write_yaml(work / f"{name}.yml", config)
     if not args.eval_only and not (args.reuse and (work / f"{name}.json").exists()):
         run_training(config_path, work / f"{name}.json", work / f"{name}.log", threads=args.threads)
@@ -218,39 +150,24 @@ def run_one(method: str, seed: int, prepared: dict, args, work: Path) -> dict:
         return evaluate_run(method, seed, prepared, work)
 
 
-def curve_settings(prepared: dict, args) -> dict:
-    """In-training held-out accuracy on the validation split (``cot_format.eval_accuracy_samples``)."""
-    if not args.curve_every:
-        return {}
-    return {
-        "test_datasets": [{"path": str(prepared["val_path"]), "type": ICOT, "split": "train"}],
-        "eval_strategy": "steps",
-        "eval_steps": args.curve_every,
-        "eval_batch_size": 100,
-        "cot_format": {"eval_accuracy_samples": len(prepared["val"])},
-    }
-
-
 def evaluate_run(method: str, seed: int, prepared: dict, work: Path) -> dict:
     """Accuracy of a finished run's saved model, with its training record."""
-    name = f"{method}_s{seed}"
-    result = json.loads((work / f"{name}.json").read_text())
-    model_dir = work / "out" / name
     import yaml
 
+    from axolotl_maskthought.eval.loading import load_model_and_tokenizer
+
+    name = f"{method}_s{seed}"
+    result = json.loads((work / f"{name}.json").read_text())
+    model, tokenizer = load_model_and_tokenizer(work / "out" / name)
     removal = yaml.safe_load((work / f"{name}.yml").read_text()).get("cot_removal") or {}
-    shift = prepared["cot_tokens"] if removal.get("keep_position") else 0
+    keep_position = bool(removal.get("keep_position"))
     cot_modes = {"with_cot": method != "no_cot" and method != "si", "no_cot": method in ("si", "no_cot", "cot")}
     scores, val_scores = {}, {}
     for mode, wanted in cot_modes.items():
         if wanted:
-            with_cot = mode == "with_cot"
-            scores[mode] = greedy_accuracy(
-                model_dir, prepared["test"], with_cot, position_shift=0 if with_cot else shift
-            )
-            val_scores[mode] = greedy_accuracy(
-                model_dir, prepared["val"], with_cot, position_shift=0 if with_cot else shift
-            )
+            no_cot = mode == "no_cot"
+            scores[mode] = held_out_accuracy(model, tokenizer, prepared["test"], no_cot, keep_position)
+            val_scores[mode] = held_out_accuracy(model, tokenizer, prepared["val"], no_cot, keep_position)
         else:
             scores[mode] = val_scores[mode] = (float("nan"), float("nan"))
     accuracy = {mode: exact for mode, (exact, _) in scores.items()}
@@ -326,11 +243,11 @@ def main(argv=None) -> dict:
     if args.quick:
         args.digits, args.train_count, args.test_count, args.epochs, args.methods = 3, 1000, 100, 2, "cot,si"
         args.start_epoch, args.tokens_per_epoch, args.hidden, args.layers = 1, 40, 64, 2
-    model_kwargs = dict(hidden=args.hidden, layers=args.layers, heads=args.heads, max_positions=256, seed=0)
+    sizes = sizes_for(args)
     work = WORK_DIR / ("effect_quick" if args.quick else f"effect_{args.digits}x{args.digits}{args.tag}")
     work.mkdir(parents=True, exist_ok=True)
     note = machine_note()
-    prepared = prepare(work, args.digits, args.train_count, args.test_count, model_kwargs, args.val_count)
+    prepared = prepare(work, sizes)
     print(f"CoT tokens per example {prepared['cot_tokens']}, sequence {prepared['sequence_tokens']} tokens", flush=True)
     jobs = [(method, int(seed)) for seed in args.seeds.split(",") for method in args.methods.split(",")]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -350,7 +267,7 @@ def main(argv=None) -> dict:
         "command": command_line(),
         "machine": note,
         "args": vars(args),
-        "model": model_kwargs,
+        "model": {"hidden": sizes.hidden, "layers": sizes.layers, "heads": sizes.heads},
         "parameters": prepared["parameters"],
         "cot_tokens": prepared["cot_tokens"],
         "sequence_tokens": prepared["sequence_tokens"],

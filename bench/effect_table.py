@@ -6,14 +6,15 @@ python bench/effect_table.py RESULT.json|LOG [...] --methods cot,mft_0.2 --mode 
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 
+from common import spread
 from plot_effect import read_runs
 
 
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+def median_range(values: list[float]) -> str:
+    stats = spread(values)
+    return f"{stats['median']:.3f} [{stats['min']:.3f}, {stats['max']:.3f}]"
 
 
 def main(argv=None) -> None:
@@ -37,8 +38,8 @@ def main(argv=None) -> None:
         parameters = mine[0].get("parameters") or 0
         print(
             f"| {method} | {','.join(str(r['seed']) for r in mine)} | {', '.join(f'{v:.3f}' for v in exact)} | "
-            f"{spread(exact)} | {spread([r['val_accuracy'][args.mode] for r in mine])} | "
-            f"{spread([r['digit_accuracy'][args.mode] for r in mine])} | {mine[0]['steps']} | "
+            f"{median_range(exact)} | {median_range([r['val_accuracy'][args.mode] for r in mine])} | "
+            f"{median_range([r['digit_accuracy'][args.mode] for r in mine])} | {mine[0]['steps']} | "
             f"{seconds} | {parameters:,} |"
         )
 

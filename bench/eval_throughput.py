@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import OFFLINE_ENV, REPO_ROOT, WORK_DIR, command_line, machine_note, save_json, summary
+from common import OFFLINE_ENV, REPO_ROOT, WORK_DIR, command_line, machine_note, save_json, spread
 
 
 def default_model_and_data(work: Path, count: int) -> tuple[Path, Path, str]:
@@ -113,8 +113,8 @@ def main(argv=None) -> dict:
         "examples": len(examples),
         "max_new_tokens": args.max_new_tokens,
         "threads": args.threads,
-        "examples_per_second": {size: summary(values) for size, values in rates.items()},
-        "ratio_to_batch_1": {size: summary([v / b for v, b in zip(rates[size], rates[base])]) for size in sizes},
+        "examples_per_second": {size: spread(values) for size, values in rates.items()},
+        "ratio_to_batch_1": {size: spread([v / b for v, b in zip(rates[size], rates[base])]) for size in sizes},
         "accuracy_by_batch_size": accuracy,
         "cli": {},
     }

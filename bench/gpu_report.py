@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import collections
 import json
-import statistics
 
+from common import spread
 from gpu_probe import PACKAGE
 
 MODES = ("off", "masked_thought", "cot_removal", "both")
@@ -16,13 +16,6 @@ TARGETS = [
     ("cot_removal", "peak_memory", 1.01),
     ("both", "peak_memory", 1.01),
 ]
-
-
-def spread(values) -> dict | None:
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
 def summarise(runs: list[dict], opts, device_type: str) -> dict:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 
 import common
-from common import read_jsonl, shared_file
+from common import shared_file
+
+from axolotl_maskthought.data.files import read_jsonl
 
 MODEL = dict(arch="llama", hidden=256, layers=4, heads=4, max_positions=512, seed=0)
 

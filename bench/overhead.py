@@ -36,13 +36,14 @@ from common import (
     base_config,
     command_line,
     machine_note,
-    read_jsonl,
     run_training,
     save_json,
     shared_file,
-    summary,
+    spread,
     write_yaml,
 )
+
+from axolotl_maskthought.data.files import read_jsonl
 
 PLUGIN = "axolotl_maskthought.MaskThoughtPlugin"
 TIMER = "steptimer.StepTimerPlugin"
@@ -149,12 +150,12 @@ def training_rounds(
         time_ratios = [run["median_step_s"] / base["median_step_s"] for run, base in zip(runs[name], runs["off"])]
         rss_ratios = [run["maxrss_mib"] / base["maxrss_mib"] for run, base in zip(runs[name], runs["off"])]
         ratios[name] = {
-            "step_time": summary([run["median_step_s"] for run in runs[name]]),
-            "step_time_ratio": summary(time_ratios),
-            "maxrss_mib": summary([run["maxrss_mib"] for run in runs[name]]),
-            "maxrss_ratio": summary(rss_ratios),
+            "step_time": spread([run["median_step_s"] for run in runs[name]]),
+            "step_time_ratio": spread(time_ratios),
+            "maxrss_mib": spread([run["maxrss_mib"] for run in runs[name]]),
+            "maxrss_ratio": spread(rss_ratios),
         }
-    cycle_ratios = {mode: summary(values) for mode, values in cycle.items() if values}
+    cycle_ratios = {mode: spread(values) for mode, values in cycle.items() if values}
     return {"runs": runs, "ratios": ratios, "cycle_ratios": cycle_ratios}
 
 
@@ -252,11 +253,11 @@ def micro_benchmark(model_dir: Path, data_path: Path, repeats: int) -> dict:
     reset = statistics.median(samples["adamw_step_then_reset"]) - statistics.median(samples["adamw_step"])
     return {
         "batch_shape": list(batch["input_ids"].shape),
-        "seconds_per_call": {name: summary(values) for name, values in samples.items()},
+        "seconds_per_call": {name: spread(values) for name, values in samples.items()},
         "fraction_of_forward_backward": {
             name: statistics.median(samples[name]) / fb for name in ("mask_thought", "remove_cot")
         },
-        "masked_inputs_forward_backward_ratio": summary(
+        "masked_inputs_forward_backward_ratio": spread(
             [m / o for m, o in zip(samples["forward_backward_masked"], samples["forward_backward"])]
         ),
         # reset_optimizer_state alone = (step + reset) - step; once per removed token, not per step

@@ -3,8 +3,9 @@
 Each configuration trains a small model from scratch on generated multiplication
 (official ICoT format) with ``MaskThoughtTrainer`` from
 ``axolotl_maskthought.adapters.transformers`` (the same engine axolotl's trainer
-uses), and scores greedy answers with NO CoT on held-out problems (a validation
-draw: other operands than the training set, never the official test files).
+uses), and scores greedy answers with NO CoT on held-out problems with the package's
+``evaluate_model`` (a validation draw: other operands than the training set, never the
+official test files).
 The no-CoT baseline trains the same model on ``q eos eos #### answer eos`` rows.
 
 It needs torch, transformers and pydantic only, so it also runs on a GPU machine
@@ -146,42 +147,12 @@ def build(config):
     return tokenizer, rows, [parse_icot_line(line) for line in valid], model
 
 
-def no_cot_accuracy(model, tokenizer, examples, cot_length: int, keep_position: bool) -> float:
-    """Greedy answers from ``q eos eos``; exact match of ``#### answer`` (token ids)."""
-    import torch
-
-    from axolotl_maskthought.data.formats import icot_prompt_ids
-
-    eos = tokenizer.eos_token_id
-    model.eval()
-    correct = 0
-    device = next(model.parameters()).device
-    by_length: dict[int, list] = {}
-    for example in examples:
-        prompt = icot_prompt_ids(tokenizer, example.question, no_cot=True)
-        gold = tokenizer(f" #### {example.answer}", add_special_tokens=False)["input_ids"] + [eos]
-        by_length.setdefault(len(prompt), []).append((prompt, gold))
-    with torch.no_grad():
-        for length, items in by_length.items():
-            ids = torch.tensor([p for p, _ in items], device=device)
-            gold_len = max(len(g) for _, g in items)
-            for _ in range(gold_len):
-                positions = torch.arange(ids.shape[1], device=device)
-                if keep_position:  # as trained: tokens after the first EOS sit where the CoT left them
-                    positions = torch.where(positions >= length - 1, positions + cot_length, positions)
-                logits = model(input_ids=ids, position_ids=positions.expand_as(ids)).logits[:, -1]
-                ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
-            generated = ids[:, length:].tolist()
-            correct += sum(out[: len(gold)] == gold for out, (_, gold) in zip(generated, items))
-    model.train()
-    return correct / len(examples)
-
-
 def run_one(config) -> dict:
     import torch
     from transformers import DataCollatorForSeq2Seq, TrainerCallback, TrainingArguments
 
     from axolotl_maskthought.adapters.transformers import MaskThoughtTrainer
+    from axolotl_maskthought.eval.evaluation import evaluate_model
 
     torch.manual_seed(config["seed"])
     start = time.time()
@@ -198,16 +169,28 @@ def run_one(config) -> dict:
         )
     curve = []
     cot_len_full = cot_tokens(tokenizer, config)
+    answer_tokens = max(len(tokenizer(f" #### {e.answer}", add_special_tokens=False)["input_ids"]) for e in valid)
 
     class Curve(TrainerCallback):
-        """No-CoT accuracy every steps/evals steps; stops at `max_seconds` (then scores once more)."""
+        """No-CoT accuracy every steps/evals steps, scored by the package's ``evaluate_model`` (what
+        ``axolotl-maskthought eval --no-cot [--keep-position]`` runs); stops at `max_seconds` (then
+        scores once more)."""
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
             out_of_time = config["max_seconds"] is not None and time.time() - start > config["max_seconds"]
             if state.global_step % max(1, config["steps"] // config["evals"]) == 0 or out_of_time:
-                curve.append(
-                    (state.global_step, no_cot_accuracy(model, tokenizer, valid, cot_len_full, config["keep_position"]))
+                scored = evaluate_model(
+                    model,
+                    tokenizer,
+                    valid,
+                    "icot",
+                    no_cot=True,
+                    batch_size=256,
+                    max_new_tokens=answer_tokens + 2,
+                    progress=False,
+                    keep_position=config["keep_position"],
                 )
+                curve.append((state.global_step, scored["accuracy"]))
             control.should_training_stop = control.should_training_stop or out_of_time
 
     args = TrainingArguments(

@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import WORK_DIR, command_line, machine_note, read_jsonl, save_json, shared_file, summary
+from common import WORK_DIR, command_line, machine_note, save_json, shared_file, spread
+
+from axolotl_maskthought.data.files import read_jsonl
 
 
 def strategies(tokenizer):
@@ -85,8 +87,8 @@ def main(argv=None) -> dict:
         "rows": len(rows),
         "tokens_per_pass": tokens,
         "same_prompt_length": same_prompt,
-        "rows_per_second": {name: summary(values) for name, values in rates.items()},
-        "ratio_ours_to_alpaca": summary(ratios),
+        "rows_per_second": {name: spread(values) for name, values in rates.items()},
+        "ratio_ours_to_alpaca": spread(ratios),
     }
     save_json(WORK_DIR / "tokenization_result.json", result)
     r = result["ratio_ours_to_alpaca"]

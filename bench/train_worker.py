@@ -1,7 +1,7 @@
 """One axolotl training run in this process: ``python bench/train_worker.py CONFIG RESULT.json``.
 
-Runs ``axolotl.cli.train.do_cli`` (what ``axolotl train --launcher python`` runs)
-and writes the step timings (bench/steptimer.py, when listed in the config's
+Runs ``axolotl_maskthought.toy.experiment.train_in_process`` (what ``axolotl train`` runs,
+the package's one in-process runner) and writes the step timings (bench/steptimer.py, when listed in the config's
 plugins) and this process's peak resident set size (``getrusage`` ``ru_maxrss``,
 KiB on Linux) to RESULT.json.
 """
@@ -20,9 +20,10 @@ def main() -> int:
     timer_path = result_path + ".steps"
     os.environ["STEPTIMER_OUT"] = timer_path
     started = time.perf_counter()
-    from axolotl.cli.train import do_cli
+    from axolotl_maskthought.toy.experiment import train_in_process
 
-    do_cli(config=config)
+    model, tokenizer, trainer = train_in_process(config)
+    del model, tokenizer, trainer
     result = {"train_call_seconds": time.perf_counter() - started}
     if os.path.exists(timer_path):
         with open(timer_path) as handle:

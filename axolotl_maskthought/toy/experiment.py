@@ -76,22 +76,20 @@ def stepwise_internalization(
     smoothing_lambda: float = 4,
     keep_position: bool = True,
     reset_optimizer: bool = False,
+    remove_all_at: int | None = None,
 ) -> Method:
+    removal = {
+        "tokens_per_epoch": tokens_per_epoch,
+        "start_epoch": start_epoch,
+        "smoothing_lambda": smoothing_lambda,
+        "side": "left",
+        "keep_position": keep_position,
+        "reset_optimizer": reset_optimizer,
+    }
+    if remove_all_at is not None:
+        removal["remove_all_at"] = remove_all_at
     return Method(
-        "stepwise_internalization",
-        "Stepwise Internalization",
-        "train_cot.txt",
-        True,
-        {
-            "cot_removal": {
-                "tokens_per_epoch": tokens_per_epoch,
-                "start_epoch": start_epoch,
-                "smoothing_lambda": smoothing_lambda,
-                "side": "left",
-                "keep_position": keep_position,
-                "reset_optimizer": reset_optimizer,
-            }
-        },
+        "stepwise_internalization", "Stepwise Internalization", "train_cot.txt", True, {"cot_removal": removal}
     )
 
 
@@ -233,16 +231,26 @@ def config_for(method: Method, sizes: Sizes, directory: Path, model_dir: Path, s
 
 
 # ---- training and evaluation ------------------------------------------------------------
-def train_in_process(config_path: Path):
-    """What ``axolotl train CONFIG`` does, in this process; returns (model, tokenizer, trainer)."""
+def train_in_process(config_path: Path, **overrides):
+    """What ``axolotl train CONFIG`` does (``axolotl.cli.train.do_train``), in this process;
+    returns (model, tokenizer, trainer). ``overrides``: config keys that win over the file's,
+    as ``axolotl train CONFIG --key value``. The one way this package, its tests and bench/
+    run axolotl in-process."""
     from axolotl.cli.args import TrainerCliArgs
     from axolotl.cli.config import load_cfg
     from axolotl.common.datasets import load_datasets
+    from axolotl.integrations.base import PluginManager
     from axolotl.train import train
 
-    cfg = load_cfg(str(config_path))
-    dataset_meta = load_datasets(cfg=cfg, cli_args=TrainerCliArgs())
-    return train(cfg=cfg, dataset_meta=dataset_meta)
+    cfg = load_cfg(str(config_path), **overrides)
+    plugins = PluginManager.get_instance()
+    dataset_meta = plugins.load_datasets(cfg, preprocess=False)  # a plugin may load the data itself
+    if dataset_meta is None:
+        dataset_meta = load_datasets(cfg=cfg, cli_args=TrainerCliArgs())
+    try:
+        return train(cfg=cfg, dataset_meta=dataset_meta)
+    finally:
+        plugins.post_train_unload(cfg)
 
 
 def held_out_examples(path: Path):

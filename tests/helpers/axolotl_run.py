@@ -209,7 +209,8 @@ def reset_plugins() -> None:
 
 
 def run_in_process(config_path: Path, **overrides) -> RunResult:
-    """``axolotl.cli.train.do_cli(config=...)`` in this process; returns the trainer and forwards.
+    """What ``axolotl train`` does, in this process (the package's one in-process runner,
+    :func:`axolotl_maskthought.toy.experiment.train_in_process`); returns the trainer and forwards.
 
     An exception raised by axolotl (or by a plugin) propagates; ``EVENTS`` then
     shows how far the run got. Leaves torch at ``RUN_THREADS`` threads.
@@ -217,7 +218,8 @@ def run_in_process(config_path: Path, **overrides) -> RunResult:
     import gc
 
     import torch
-    from axolotl.cli.train import do_cli
+
+    from axolotl_maskthought.toy.experiment import train_in_process
 
     reset_plugins()
     # One intra-op thread: on a small shared CPU, two threads spin-waiting for each
@@ -228,12 +230,9 @@ def run_in_process(config_path: Path, **overrides) -> RunResult:
     # are kept out of the collector's sight for the run.
     gc.collect()
     gc.freeze()
-    argv = sys.argv
-    sys.argv = [argv[0]]  # do_cli parses trainer CLI args from sys.argv
     try:
-        do_cli(config=str(config_path), **overrides)
+        train_in_process(config_path, **overrides)
     finally:
-        sys.argv = argv
         gc.unfreeze()
     trainer = STATE.get("trainer")
     return RunResult(
