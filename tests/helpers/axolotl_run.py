@@ -31,6 +31,7 @@ import yaml
 from axolotl.integrations.base import BasePlugin
 from paths import HELPERS_DIR
 
+from axolotl_maskthought.data.files import read_jsonl  # noqa: F401  (the tests read their rows through it)
 from axolotl_maskthought.toy.tiny import OFFLINE_ENV, cpu_config
 
 MASKTHOUGHT_PLUGIN = "axolotl_maskthought.MaskThoughtPlugin"
