@@ -4,7 +4,7 @@ Usage::
 
     python tests/ds_worker.py CONFIG.yml RECORD.json
 
-Trains through axolotl's own entry point (``axolotl.cli.train.do_cli``) with the
+Trains as ``axolotl train`` does (``axolotl_maskthought.toy.experiment.train_in_process``) with the
 config as given (it lists our plugin, then :class:`StepRecorderPlugin`) and writes
 what happened to ``RECORD.json``: per optimizer step the CoT-removal count the
 trainer applied and the Adam step count of the optimizer that owns the state,
@@ -176,10 +176,9 @@ def main(argv: list[str]) -> int:
     record_path = Path(out)
     try:
         prepare_process()
-        from axolotl.cli.train import do_cli
+        from axolotl_maskthought.toy.experiment import train_in_process
 
-        sys.argv = [sys.argv[0]]  # do_cli parses trainer CLI args from sys.argv
-        do_cli(config=config)
+        train_in_process(config)
         trainer = TRAINER["trainer"]
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
         RECORD.update(

@@ -128,7 +128,8 @@ class CapturePerRank(BasePlugin):
     def post_trainer_create(self, cfg, trainer):
         import torch.distributed as dist
 
-        from axolotl_maskthought.ops import masking, optimizer_reset, removal
+        from axolotl_maskthought.engine import optimizer_reset
+        from axolotl_maskthought.ops import masking, removal
 
         self.trainer = trainer
         record = self.record
@@ -243,25 +244,22 @@ def run_config(base_model, output_dir, datasets, **extra) -> dict:
 
 
 def train_in_process(config_path) -> dict:
-    """``axolotl.cli.train.do_cli`` here; returns {"cfg", "trainer", "forwards"} as recorded.
+    """What ``axolotl train`` does, here (:func:`axolotl_maskthought.toy.experiment.train_in_process`,
+    the package's one in-process runner); returns {"cfg", "trainer", "forwards"} as recorded.
 
     The config must list ``mp_capture.RecordInProcess``. Plugins registered by earlier
     runs in this process are forgotten first, as a fresh process would have none.
     """
-    from axolotl.cli.train import do_cli
     from axolotl.integrations.base import PluginManager
+
+    from axolotl_maskthought.toy.experiment import train_in_process
 
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
     PluginManager.get_instance().plugins.clear()
     RECORD.clear()
     RECORD.update(cfg=None, trainer=None, forwards=[])
-    argv = sys.argv
-    sys.argv = [argv[0]]  # do_cli parses trainer CLI arguments from sys.argv
-    try:
-        do_cli(config=str(config_path))
-    finally:
-        sys.argv = argv
+    train_in_process(config_path)
     if RECORD["trainer"] is None:
         raise RuntimeError(f"{RECORD_PLUGIN} saw no trainer: is it listed in `plugins:`?")
     return dict(RECORD)
