@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from axolotl_maskthought.data.files import read_jsonl  # noqa: F401  (re-exported for the scripts)
 from axolotl_maskthought.toy.tiny import OFFLINE_ENV, cpu_config
 
 BENCH_DIR = Path(__file__).resolve().parent
