@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -90,6 +91,8 @@ class MaskThoughtMixin:
         self.maskthought_metrics = DeviceMetrics()
         self._smoothing_probs: torch.Tensor | None = None
         self._replacement_id: int | None = None
+        self._evaluation_metrics: list[Callable[[object, str], dict[str, float]]] = []
+        self._evaluating = False
         if masked_thought is not None or cot_removal is not None:
             self.configure_maskthought(masked_thought, cot_removal)
 
@@ -329,6 +332,36 @@ class MaskThoughtMixin:
             else:
                 self._transform_eval_inputs(inputs)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    # ---- evaluation metrics ----------------------------------------------------------
+    def add_evaluation_metrics(self, provider: Callable[[object, str], dict[str, float]]) -> None:
+        """Compute extra metrics at every evaluation, as first-class evaluation metrics.
+
+        ``provider(model, metric_key_prefix)`` returns ``{name: value}`` (names without the
+        prefix, e.g. ``accuracy_no_cot``). Its values are merged into the evaluation loop's
+        metrics as ``f"{metric_key_prefix}_{name}"`` before transformers logs them, calls
+        ``on_evaluate`` and returns them from :meth:`evaluate`, so ``metric_for_best_model``,
+        ``load_best_model_at_end``, ``EarlyStoppingCallback`` and ``ReduceLROnPlateau`` see
+        them whatever the callback order. Runs on every rank (every rank decides the best
+        checkpoint), only for :meth:`evaluate`, never for ``predict``.
+        """
+        self._evaluation_metrics.append(provider)
+
+    def evaluate(self, *args, **kwargs):
+        outer, self._evaluating = self._evaluating, True
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self._evaluating = outer
+
+    def evaluation_loop(self, *args, **kwargs):
+        output = super().evaluation_loop(*args, **kwargs)
+        if self._evaluating and self._evaluation_metrics:
+            prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+            for provider in self._evaluation_metrics:
+                for name, value in provider(self.model, prefix).items():
+                    output.metrics[f"{prefix}_{name}"] = value
+        return output
 
     def log(self, logs, *args, **kwargs):
         if "loss" in logs:
