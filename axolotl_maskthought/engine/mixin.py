@@ -27,7 +27,7 @@ from axolotl_maskthought.config import CoTRemovalConfig, MaskedThoughtConfig
 from axolotl_maskthought.engine.collator import COT_MASK, CoTSpanCollator
 from axolotl_maskthought.engine.metrics import DeviceMetrics
 from axolotl_maskthought.ops.masking import make_generator, mask_rate, mask_thought, step_seed
-from axolotl_maskthought.ops.removal import remove_cot
+from axolotl_maskthought.ops.removal import cot_flags, remove_cot
 from axolotl_maskthought.ops.schedule import (
     first_micro_batch,
     in_full_cot_epochs,
@@ -259,7 +259,7 @@ class MaskThoughtMixin:
         for key in FA_VARLEN_KEYS:
             batch.pop(key, None)
         result = remove_cot(
-            {**batch, COT_MASK: cot_mask},
+            batch,
             cot_mask,
             self.count_in_force,
             self.cot_removal.side,
@@ -269,7 +269,7 @@ class MaskThoughtMixin:
             pad_token_id=self._pad_id(),
             padding_side=getattr(self.processing_class, "padding_side", "right"),
         )
-        cot_mask = result.batch.pop(COT_MASK)
+        cot_mask = result.cot_mask
         batch.clear()
         batch.update(result.batch)
         if training:
@@ -288,7 +288,7 @@ class MaskThoughtMixin:
         if config.scope == "reasoning":
             if cot_mask is None:
                 raise ValueError("`masked_thought.scope: reasoning` needs the `cot_mask` column; the batch has none")
-            eligible = eligible & (cot_mask != 0)
+            eligible = eligible & cot_flags(cot_mask)
         rate = mask_rate(step, self.state.max_steps, config.ratio, config.warmup)
         generator = make_generator(step_seed(self.args.seed, rank, step, micro_step), labels.device)
         masked, positions = mask_thought(

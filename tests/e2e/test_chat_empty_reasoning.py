@@ -1,0 +1,190 @@
+"""After Stepwise Internalization on chat data the model trains on the layout it is served
+(issue 15, kind 4).
+
+With the whole reasoning removed, each row must equal, token for token, the template's own
+rendering of the same conversation with empty reasoning (and so start with its
+``enable_thinking=False`` generation prompt); with part of it removed, the tags and the
+tokens around them stay as the template writes them. Checked on every template axolotl
+bundles that renders reasoning, with a tokenizer built here whose pre-tokenizer is Qwen's
+(it glues ``.`` to a following newline and makes ``\\n\\n`` one token, as in the issue).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from axolotl_maskthought.ops.removal import remove_cot
+from axolotl_maskthought.ops.schedule import REMOVE_ALL
+from axolotl_maskthought.strategies import chat_template as chat
+
+QWEN_PRETOKENIZE = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QUESTIONS = ["What is 12 + 30?", "What is 5 + 6?", "What is 7 + 8?"]
+REASONINGS = [
+    "First take 12. Then add 30.\nSo 12 plus 30 makes 42.",  # ends with '.': Qwen glues '.\n'
+    "Add 5 and 6.\n\nIt makes 11",
+    "7 plus 8.\nThat is 15!",
+]
+ANSWERS = ["The answer is 42.", "It is 11.", "15"]
+# every bundled template that renders a message's reasoning (exaone4 with `skip_think: false`)
+REASONING_TEMPLATES = {"qwen3", "qwen3_5", "exaone4"}
+TEMPLATE_KWARGS = {"skip_think": False}
+
+
+def _markup(templates) -> list[str]:
+    found = set()
+    for text in templates:
+        found |= set(re.findall(r"<\|?[A-Za-z_/][A-Za-z0-9_/\-]*\|?>|\[\|[a-z_]+\|\]", text))
+    return sorted(found)
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    from axolotl.utils.chat_templates.base import _CHAT_TEMPLATES
+
+    return dict(_CHAT_TEMPLATES)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(bundled):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    corpus = QUESTIONS + REASONINGS + ANSWERS + ["x\n\ny", "\n\n", "done.\n", "system user assistant"]
+    backend.train_from_iterator(
+        corpus * 30,
+        trainer=trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=["<s>", "</s>", "<pad>", "<unk>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    tok.add_special_tokens({"additional_special_tokens": _markup(bundled.values())})
+    assert tok.tokenize("<think>\n\n</think>") == ["<think>", "ĊĊ", "</think>"]
+    assert tok.tokenize("42.\n</think>")[-2:] == [".Ċ", "</think>"]
+    return tok
+
+
+def _strategy(tokenizer, name):
+    return chat.load(tokenizer, {"chat_template": name, "chat_template_kwargs": TEMPLATE_KWARGS}, {})
+
+
+def _row(i: int, reasoning: str | None = None) -> dict:
+    return {
+        "messages": [
+            {"role": "user", "content": QUESTIONS[i]},
+            {"role": "assistant", "content": ANSWERS[i], "reasoning_content": reasoning or REASONINGS[i]},
+        ]
+    }
+
+
+def _template_ids(tokenizer, strat, messages, **kwargs) -> list[int]:
+    text = tokenizer.apply_chat_template(
+        messages, tokenize=False, chat_template=strat.chat_template, **{**TEMPLATE_KWARGS, **kwargs}
+    )
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _remove(example: dict, count: int, side: str = "left") -> dict:
+    batch = {
+        "input_ids": torch.tensor([example["input_ids"]]),
+        "labels": torch.tensor([example["labels"]]),
+        "attention_mask": torch.ones(1, len(example["input_ids"]), dtype=torch.long),
+    }
+    result = remove_cot(batch, torch.tensor([example["cot_mask"]]), count, side)
+    return {key: value[0].tolist() for key, value in result.batch.items()}
+
+
+def test_the_reasoning_templates_are_these(tokenizer, bundled):
+    renders = {name for name in bundled if name in REASONING_TEMPLATES or _probe(tokenizer, name)}
+    assert renders == REASONING_TEMPLATES
+
+
+def _probe(tokenizer, name) -> bool:
+    try:
+        return _strategy(tokenizer, name).reasoning_in_template
+    except Exception as error:  # templates that cannot render a plain user/assistant exchange
+        return "reasoning" in str(error)
+
+
+@pytest.mark.parametrize("name", sorted(REASONING_TEMPLATES))
+def test_whole_cot_removed_is_the_templates_empty_reasoning(tokenizer, name):
+    strat = _strategy(tokenizer, name)
+    assert strat.reasoning_in_template
+    for i in range(len(QUESTIONS)):
+        row = _row(i)
+        example = strat.tokenize_prompt(row)
+        empty = [dict(message) for message in row["messages"]]
+        empty[-1]["reasoning_content"] = ""
+        expected = _template_ids(tokenizer, strat, empty)
+        removed = _remove(example, REMOVE_ALL)
+        assert removed["input_ids"] == expected, (name, i, tokenizer.convert_ids_to_tokens(removed["input_ids"]))
+        # the no-thinking generation prompt is where that row's answer starts
+        prompt = _template_ids(tokenizer, strat, empty[:-1], add_generation_prompt=True, enable_thinking=False)
+        assert expected[: len(prompt)] == prompt
+        # labels: the answer and end of turn still trained, nothing invented
+        trained = [t for t, label in zip(removed["input_ids"], removed["labels"]) if label != -100]
+        assert tokenizer.decode(trained).count(ANSWERS[i]) == 1
+        assert all(label in (-100, token) for token, label in zip(removed["input_ids"], removed["labels"]))
+
+
+@pytest.mark.parametrize("name", sorted(REASONING_TEMPLATES))
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_part_removed_keeps_the_templates_tags_and_layout(tokenizer, name, side):
+    strat = _strategy(tokenizer, name)
+    i = 0
+    example = strat.tokenize_prompt(_row(i))
+    cot = sum(1 for code in example["cot_mask"] if code == 1)
+    for count in range(0, cot):
+        removed = _remove(example, count, side)
+        text = tokenizer.decode(removed["input_ids"])
+        kept = tokenizer.decode(
+            [t for t, code in zip(example["input_ids"], example["cot_mask"]) if code == 1][count:]
+            if side == "left"
+            else [t for t, code in zip(example["input_ids"], example["cot_mask"]) if code == 1][: cot - count]
+        )
+        # exactly the template's layout around what is left of the reasoning
+        full = tokenizer.decode(example["input_ids"])
+        assert text == full.replace(REASONINGS[i], kept), (count, text)
+        assert len(removed["input_ids"]) == len(example["input_ids"]) - count
+
+
+def test_the_issue_case_qwen3_rows(tokenizer):
+    # 12 rows on the bundled qwen3: before, full removal left '<think>' '\n' '</think>' (the
+    # reasoning's '.\n' took the newline) or '<think>' '\n' '\n' '</think>'.
+    strat = _strategy(tokenizer, "qwen3")
+    think, close = tokenizer.convert_tokens_to_ids(["<think>", "</think>"])
+    double_newline = tokenizer.convert_tokens_to_ids("ĊĊ")
+    for n in range(12):
+        reasoning = f"{REASONINGS[n % 3]}{'.' if n % 2 else ''}"
+        removed = _remove(strat.tokenize_prompt(_row(n % 3, reasoning)), REMOVE_ALL)
+        ids = removed["input_ids"]
+        start = ids.index(think)
+        assert ids[start : start + 3] == [think, double_newline, close]
+
+
+def test_inlined_reasoning_empties_to_the_inline_layout(tokenizer, bundled):
+    # chatml renders no reasoning: it is inlined as <think>\n…\n</think>\n\n; removed, the
+    # block is the same layout with nothing inside.
+    strat = chat.load(tokenizer, {"chat_template": "chatml"}, {})
+    assert not strat.reasoning_in_template
+    example = strat.tokenize_prompt(_row(0))
+    removed = _remove(example, REMOVE_ALL)
+    empty = strat.tokenize_prompt(_row(0, reasoning=" "))  # blank reasoning: the empty block
+    assert removed["input_ids"] == empty["input_ids"]
