@@ -188,3 +188,51 @@ def test_inlined_reasoning_empties_to_the_inline_layout(tokenizer, bundled):
     removed = _remove(example, REMOVE_ALL)
     empty = strat.tokenize_prompt(_row(0, reasoning=" "))  # blank reasoning: the empty block
     assert removed["input_ids"] == empty["input_ids"]
+
+
+def test_end_to_end_qwen3_remove_all_trains_on_the_served_layout(tokenizer, tmp_path):
+    """The issue's case through `axolotl train`: bundled qwen3, `reasoning_content` rows, whole
+    CoT removed from the first step; every row the model receives is the template's render with
+    empty reasoning, whose prefix is the `enable_thinking=False` prompt."""
+    from axolotl.utils.data import sft
+    from axolotl_run import run_in_process, save_prepared_in_process, write_config, write_jsonl
+
+    from axolotl_maskthought.toy.tiny import build_model
+
+    rows = [_row(n % 3, f"{REASONINGS[n % 3]}{' Done.' if n % 2 else ''}") for n in range(12)]
+    model_dir = tmp_path / "model"
+    build_model(tokenizer, hidden=32, layers=1, heads=2).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    config = write_config(
+        tmp_path / "run.yml",
+        base_model=model_dir,
+        datasets=[
+            {
+                "path": str(write_jsonl(tmp_path / "rows.jsonl", rows)),
+                "ds_type": "json",
+                "type": "axolotl_maskthought.strategies.chat_template",
+            }
+        ],
+        output_dir=tmp_path / "out",
+        chat_template="qwen3",
+        eot_tokens=["<|im_end|>"],
+        sequence_len=256,
+        max_steps=3,
+        cot_removal={"tokens_per_epoch": 1, "remove_all_at": 0, "smoothing_lambda": None},
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sft, "save_preprocessed_dataset", save_prepared_in_process)
+        run = run_in_process(config)
+    strat = _strategy(tokenizer, "qwen3")
+    expected = set()
+    for row in rows:
+        empty = [dict(message) for message in row["messages"]]
+        empty[-1]["reasoning_content"] = ""
+        expected.add(tuple(_template_ids(tokenizer, strat, empty)))
+    seen = 0
+    for forward in run.train_forwards:
+        for ids, mask in zip(forward["input_ids"], forward["attention_mask"]):
+            real = tuple(ids[mask != 0].tolist())
+            assert real in expected, tokenizer.convert_ids_to_tokens(list(real))
+            seen += 1
+    assert seen == 12
