@@ -138,6 +138,7 @@ class Rendering:
     trained: list[tuple[int, int]]
     reasoning: list[tuple[int, int]]
     reasoning_turns: list[int] = field(default_factory=list)  # the turn of each ``reasoning`` span
+    answers: list[tuple[int, int]] = field(default_factory=list)  # each assistant turn's answer
 
 
 def _placeholder(kind: str, index: int) -> str:
@@ -253,13 +254,14 @@ class ChatTemplateCoTStrategy(CoTStrategy):
                 "the chat template rewrites assistant text (the render differs from the one with "
                 "placeholders), so the reasoning span cannot be located"
             )
-        trained, reasoning, reasoning_turns = [], [], []
+        trained, reasoning, reasoning_turns, answers = [], [], [], []
         open_tag = self.think_tags[0]
         previous_end = 0
         for index, turn in enumerate(turns):
             if turn.role != "assistant":
                 continue
             answer = spans[("a", index)]
+            answers.append(answer)
             start = answer[0]
             if ("r", index) in spans:
                 reasoning_span = spans[("r", index)]
@@ -274,7 +276,7 @@ class ChatTemplateCoTStrategy(CoTStrategy):
                         start = tag
             trained.append((start, answer[1]))
             previous_end = answer[1]
-        return Rendering(text, trained, reasoning, reasoning_turns)
+        return Rendering(text, trained, reasoning, reasoning_turns, answers)
 
     # ---- tokens ----------------------------------------------------------------
     def tokenize(self, turns: list[Turn]) -> dict:
@@ -383,6 +385,38 @@ class ChatTemplateCoTStrategy(CoTStrategy):
             for i in layout[len(substitutes) :]:
                 cot_mask[i] = LAYOUT_DROP
             current_turns, current_ids = emptied, empty_ids
+
+    def prompt_ids(self, row, no_cot: bool = False) -> list[int]:
+        """The generation prompt for the row's last assistant turn, as training lays it out.
+
+        ``no_cot``: the row with its whole CoT removed (what Stepwise Internalization trains
+        on at the end, see ``ops.removal``) up to where the last answer starts, i.e. the
+        template's render with empty reasoning; for Qwen3 this is its ``enable_thinking=False``
+        generation prompt (``<think>`` ``\n\n`` ``</think>`` ``\n\n``). Otherwise the row up to
+        where the last turn's reasoning starts (Qwen3: ending ``<think>`` ``\n``), or its answer
+        when it has none. Raises ValueError for an invalid row, as :meth:`tokenize_prompt`.
+        """
+        try:
+            turns = self.parse(row)
+            rendering = self.render(turns)
+        except ValueError as err:
+            raise ValueError(f"invalid row {dict(row)!r}: {err}") from None
+        example = self.tokenize(turns)
+        ids, codes = example["input_ids"], example["cot_mask"]
+        _, offsets = self._encode(rendering.text, rendering.reasoning)
+        answer_start = rendering.answers[-1][0]
+        end = next((i for i, (_, e) in enumerate(offsets) if e > answer_start), len(ids))
+        if not no_cot:
+            last_turn = max(i for i, turn in enumerate(turns) if turn.role == "assistant")
+            if rendering.reasoning_turns and rendering.reasoning_turns[-1] == last_turn:
+                reasoning_start = rendering.reasoning[-1][0]
+                end = next((i for i, (_, e) in enumerate(offsets) if e > reasoning_start), end)
+            return list(ids[:end])
+        from axolotl_maskthought.ops.removal import COT, LAYOUT_DROP
+
+        return [
+            -code - 1 if code < 0 else ids[i] for i, code in enumerate(codes[:end]) if code not in (COT, LAYOUT_DROP)
+        ]
 
     def tokenize_prompt(self, row) -> dict:
         try:

@@ -236,3 +236,24 @@ def test_end_to_end_qwen3_remove_all_trains_on_the_served_layout(tokenizer, tmp_
             assert real in expected, tokenizer.convert_ids_to_tokens(list(real))
             seen += 1
     assert seen == 12
+
+
+@pytest.mark.parametrize("name", sorted(REASONING_TEMPLATES))
+def test_no_cot_prompt_is_the_templates_no_thinking_prompt(tokenizer, name):
+    # `eval` has no chat format (icot, gsm8k only); the chat rows' prompt builder gives the
+    # prompt a no-CoT evaluation must use: the template's enable_thinking=False prompt, which
+    # is also where the fully removed training row's answer starts.
+    strat = _strategy(tokenizer, name)
+    for i in range(len(QUESTIONS)):
+        row = _row(i)
+        prompt = strat.prompt_ids(row, no_cot=True)
+        served = _template_ids(
+            tokenizer, strat, row["messages"][:-1], add_generation_prompt=True, enable_thinking=False
+        )
+        assert prompt == served, tokenizer.convert_ids_to_tokens(prompt)
+        removed = _remove(strat.tokenize_prompt(row), REMOVE_ALL)["input_ids"]
+        assert removed[: len(prompt)] == prompt
+        assert tokenizer.decode(removed[len(prompt) :]).startswith(ANSWERS[i])
+        with_cot = strat.prompt_ids(row)
+        assert tokenizer.convert_ids_to_tokens(with_cot[-2:]) == ["<think>", "Ċ"]
+        assert strat.tokenize_prompt(row)["input_ids"][: len(with_cot)] == with_cot
