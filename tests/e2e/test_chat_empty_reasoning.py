@@ -11,18 +11,14 @@ bundles that renders reasoning, with a tokenizer built here whose pre-tokenizer 
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
+from chat_tokenizers import qwen_like_tokenizer, template_markup
 
 from axolotl_maskthought.ops.removal import remove_cot
 from axolotl_maskthought.ops.schedule import REMOVE_ALL
 from axolotl_maskthought.strategies import chat_template as chat
 
-QWEN_PRETOKENIZE = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 QUESTIONS = ["What is 12 + 30?", "What is 5 + 6?", "What is 7 + 8?"]
 REASONINGS = [
     "First take 12. Then add 30.\nSo 12 plus 30 makes 42.",  # ends with '.': Qwen glues '.\n'
@@ -35,13 +31,6 @@ REASONING_TEMPLATES = {"qwen3", "qwen3_5", "exaone4"}
 TEMPLATE_KWARGS = {"skip_think": False}
 
 
-def _markup(templates) -> list[str]:
-    found = set()
-    for text in templates:
-        found |= set(re.findall(r"<\|?[A-Za-z_/][A-Za-z0-9_/\-]*\|?>|\[\|[a-z_]+\|\]", text))
-    return sorted(found)
-
-
 @pytest.fixture(scope="module")
 def bundled():
     from axolotl.utils.chat_templates.base import _CHAT_TEMPLATES
@@ -51,31 +40,8 @@ def bundled():
 
 @pytest.fixture(scope="module")
 def tokenizer(bundled):
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.BPE(unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    backend.decoder = decoders.ByteLevel()
-    corpus = QUESTIONS + REASONINGS + ANSWERS + ["x\n\ny", "\n\n", "done.\n", "system user assistant"]
-    backend.train_from_iterator(
-        corpus * 30,
-        trainer=trainers.BpeTrainer(
-            vocab_size=400,
-            special_tokens=["<s>", "</s>", "<pad>", "<unk>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        ),
-    )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    )
-    tok.add_special_tokens({"additional_special_tokens": _markup(bundled.values())})
+    corpus = (QUESTIONS + REASONINGS + ANSWERS + ["system user assistant"]) * 30
+    tok = qwen_like_tokenizer(corpus, template_markup(bundled.values()))
     assert tok.tokenize("<think>\n\n</think>") == ["<think>", "ĊĊ", "</think>"]
     assert tok.tokenize("42.\n</think>")[-2:] == [".Ċ", "</think>"]
     return tok
