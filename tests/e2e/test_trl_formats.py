@@ -89,7 +89,9 @@ def _train(tokenizer, rows, tmp_path, **techniques):
 
 def _removed(row: dict, count: int, pad_id: int) -> tuple[int, ...]:
     batch = {"input_ids": torch.tensor([row["input_ids"]]), "labels": torch.tensor([row["labels"]])}
-    return tuple(remove_cot(batch, torch.tensor([row["cot_mask"]]), count, pad_token_id=pad_id).batch["input_ids"][0].tolist())
+    return tuple(
+        remove_cot(batch, torch.tensor([row["cot_mask"]]), count, pad_token_id=pad_id).batch["input_ids"][0].tolist()
+    )
 
 
 def _check_schedule(trainer, forwards, tokenizer):
