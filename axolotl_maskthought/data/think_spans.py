@@ -107,7 +107,7 @@ def add_think_spans(dataset, tokenizer, think_tags: Sequence[str] = DEFAULT_THIN
     mapped = dataset.map(lambda row: {"cot_mask": think_span_cot_mask(row["input_ids"], tokenizer, think_tags)})
     column = getattr(mapped, "column_names", None)
     if column is not None and hasattr(mapped, "__len__"):
-        if not any(COT in row for row in mapped["cot_mask"]):
+        if not any(code > 0 for row in mapped["cot_mask"] for code in row):
             raise ValueError(
                 f"no row holds a `{think_tags[0]}…{think_tags[1]}` block with reasoning after tokenization: "
                 "`cot_removal` and `masked_thought.scope: reasoning` need the reasoning in the rows "

@@ -64,8 +64,9 @@ class MaskThoughtMixin:
     None = off). Both None: the trainer behaves exactly as its base class. They can
     also be set after construction with :meth:`configure_maskthought`.
 
-    Training rows carry ``input_ids``, ``labels`` and a ``cot_mask`` column (0/1
-    per token, 1 = CoT) when ``cot_removal`` or ``masked_thought.scope: reasoning``
+    Training rows carry ``input_ids``, ``labels`` and a ``cot_mask`` column (per
+    token, 1 = CoT, 0 = not; chat rows also mark their think block's layout, see
+    :mod:`axolotl_maskthought.ops.removal`) when ``cot_removal`` or ``masked_thought.scope: reasoning``
     is on. The data collator is wrapped in :class:`~axolotl_maskthought.engine.collator.CoTSpanCollator`
     so that ``cot_mask`` is padded like ``input_ids``.
 

@@ -41,7 +41,7 @@ def example_from_tokens(
     The prompt ends where the CoT span starts (or, for an empty CoT, where the
     labels start); the answer is the text after ``####`` in what follows the span.
     """
-    cot_positions = [i for i, flag in enumerate(cot_mask) if flag == 1]
+    cot_positions = [i for i, flag in enumerate(cot_mask) if flag > 0]
     if cot_positions:
         prompt_end, cot_end = cot_positions[0], cot_positions[-1] + 1
     else:

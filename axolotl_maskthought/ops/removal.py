@@ -10,12 +10,12 @@ mask and position ids rebuilt per packed segment.
 ``cot_mask`` codes (per token):
 
 - ``0``: not CoT, always kept;
-- ``1`` (:data:`COT`): a CoT token, removed by the schedule;
-- ``2`` (:data:`LAYOUT_DROP`) and negative codes (:func:`layout_code`): a chat template's
-  layout inside the think block (e.g. the newlines around the reasoning). Kept while the
-  example keeps any CoT token; once its whole CoT is removed, ``2`` is dropped and a
-  negative code ``-(t + 1)`` becomes token ``t`` (its label too, where trained), so the
-  block reads exactly as the template renders an empty reasoning.
+- positive (``1``, :data:`COT`, as strategies write it): a CoT token, removed by the schedule;
+- negative: a chat template's layout inside the think block (e.g. the newlines around the
+  reasoning). Kept while the example keeps any CoT token; once its whole CoT is removed,
+  ``-1`` (:data:`LAYOUT_DROP`) is dropped and ``-(t + 2)`` (:func:`layout_code`) becomes token
+  ``t`` (its label too, where trained), so the block reads exactly as the template renders
+  an empty reasoning.
 """
 
 from __future__ import annotations
@@ -28,17 +28,17 @@ from axolotl_maskthought.ops.schedule import sample_offsets
 
 SIDES = ("left", "right")
 COT = 1
-LAYOUT_DROP = 2
+LAYOUT_DROP = -1
 
 
 def layout_code(token_id: int) -> int:
     """The ``cot_mask`` code of a layout token that becomes ``token_id`` once the whole CoT is removed."""
-    return -(int(token_id) + 1)
+    return -(int(token_id) + 2)
 
 
 def cot_flags(cot_mask: torch.Tensor) -> torch.Tensor:
-    """Bool tensor of ``cot_mask``'s shape: the CoT tokens (code :data:`COT`), layout codes excluded."""
-    return cot_mask == COT
+    """Bool tensor of ``cot_mask``'s shape: the CoT tokens (positive codes), layout codes excluded."""
+    return cot_mask > 0
 
 
 @dataclass
@@ -120,7 +120,7 @@ def remove_cot(
 ) -> RemovalResult:
     """Drop ``scheduled + offset`` CoT tokens per example and re-pack ``batch``.
 
-    ``cot_mask`` (B, T) holds the codes of the module docstring: ``1`` on CoT tokens;
+    ``cot_mask`` (B, T) holds the codes of the module docstring: positive on CoT tokens;
     layout codes are dropped or substituted once an example's whole CoT is removed.
     ``batch`` holds ``input_ids`` and ``labels`` (B, T), optionally
     ``attention_mask`` (0 = padding; packed segment ids are kept as they are) and
@@ -147,7 +147,7 @@ def remove_cot(
     num_segments = int(segment[-1].item()) + 1
 
     codes = cot_mask.flatten()
-    cot = (codes == COT) & real.flatten()
+    cot = (codes > 0) & real.flatten()
     cot_long = cot.long()
     cot_len = torch.zeros(num_segments, dtype=torch.long, device=device).scatter_add_(0, segment, cot_long)
     running = cot_long.cumsum(0)
@@ -171,8 +171,8 @@ def remove_cot(
     # substituted with the template's empty-reasoning tokens.
     whole = ((to_remove == cot_len) & (cot_len > 0))[segment] & real.flatten()
     dropped_layout = whole & (codes == LAYOUT_DROP)
-    substitute = (whole & (codes < 0)).view(rows, width)
-    substitute_ids = (-cot_mask - 1).clamp(min=0).to(input_ids.dtype)
+    substitute = (whole & (codes < LAYOUT_DROP)).view(rows, width)
+    substitute_ids = (-cot_mask.long() - 2).clamp(min=0).to(input_ids.dtype)
     input_ids = torch.where(substitute, substitute_ids, input_ids)
     labels = batch["labels"]
     labels = torch.where(substitute & (labels != -100), substitute_ids.to(labels.dtype), labels)

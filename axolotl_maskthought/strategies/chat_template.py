@@ -355,7 +355,7 @@ class ChatTemplateCoTStrategy(CoTStrategy):
         current_turns, current_ids = list(turns), list(input_ids)
         for block, (turn_index, (span_start, span_end)) in reversed(list(enumerate(blocks))):
             inside = [i for i, (s, e) in enumerate(offsets) if s < span_end and e > span_start]
-            cot = [i for i in inside if cot_mask[i] == 1]
+            cot = [i for i in inside if cot_mask[i] > 0]
             if not cot:
                 continue
             emptied = list(current_turns)
@@ -373,7 +373,7 @@ class ChatTemplateCoTStrategy(CoTStrategy):
                 suffix += 1
             middle = range(prefix, len(current_ids) - suffix)
             substitutes = empty_ids[prefix : len(empty_ids) - suffix]
-            layout = [i for i in middle if cot_mask[i] != 1]
+            layout = [i for i in middle if cot_mask[i] <= 0]
             if len(substitutes) > len(layout):
                 raise ValueError(
                     f"the chat template renders message {turn_index}'s empty reasoning with "
@@ -412,10 +412,11 @@ class ChatTemplateCoTStrategy(CoTStrategy):
                 reasoning_start = rendering.reasoning[-1][0]
                 end = next((i for i, (_, e) in enumerate(offsets) if e > reasoning_start), end)
             return list(ids[:end])
-        from axolotl_maskthought.ops.removal import COT, LAYOUT_DROP
+        from axolotl_maskthought.ops.removal import LAYOUT_DROP
 
+        # the whole CoT removed: CoT and dropped layout go, substituted layout becomes its token
         return [
-            -code - 1 if code < 0 else ids[i] for i, code in enumerate(codes[:end]) if code not in (COT, LAYOUT_DROP)
+            ids[i] if code == 0 else -code - 2 for i, code in enumerate(codes[:end]) if code == 0 or code < LAYOUT_DROP
         ]
 
     def tokenize_prompt(self, row) -> dict:
