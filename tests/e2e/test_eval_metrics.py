@@ -201,3 +201,21 @@ def test_plain_trainer_best_checkpoint_and_early_stopping(icot_rows, tmp_path):
     assert trainer.state.global_step == 8  # evaluations at 2, 4 (best), 6, 8 (patience 2 spent)
     assert trainer.state.best_metric == 0.75
     assert trainer.state.best_model_checkpoint == str(tmp_path / "checkpoint-4")
+
+
+def test_plain_trainer_save_strategy_best_on_accuracy(icot_rows, tmp_path):
+    # `save_strategy: best` saves only when the metric improves: here at evaluations 1 and 3.
+    trainer = _plain_trainer(
+        icot_rows,
+        tmp_path,
+        max_steps=8,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="best",
+        metric_for_best_model="accuracy_cot",
+    )
+    scripted = iter([0.5, 0.25, 0.75, 0.75])
+    trainer.add_evaluation_metrics(lambda model, prefix: {"accuracy_cot": next(scripted)})
+    trainer.train()
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-6"]
+    assert trainer.state.best_metric == 0.75
