@@ -32,8 +32,9 @@ PERCENTILES = (("min", 0.0), ("p10", 0.1), ("median", 0.5), ("p90", 0.9), ("max"
 
 # ---- the lengths ------------------------------------------------------------------------------
 def cot_lengths(cot_masks: Iterable[Sequence[int]]) -> list[int]:
-    """CoT tokens per example: the count of non-zero entries of each ``cot_mask`` row."""
-    return [sum(1 for flag in mask if flag) for mask in cot_masks]
+    """CoT tokens per example: the count of positive entries of each ``cot_mask`` row
+    (negative codes are a chat template's think-block layout, see ``ops.removal``)."""
+    return [sum(1 for flag in mask if flag > 0) for mask in cot_masks]
 
 
 def dataset_cot_lengths(dataset) -> list[int]:
@@ -52,7 +53,7 @@ def dataset_cot_lengths(dataset) -> list[int]:
             column = column.column(0)
         array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
         # `.values` is the whole child array and `.offsets` index into it, also for a slice
-        values = np.asarray(array.values.to_numpy(zero_copy_only=False) != 0, dtype=np.int64)
+        values = np.asarray(array.values.to_numpy(zero_copy_only=False) > 0, dtype=np.int64)
         offsets = np.asarray(array.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
         totals = np.concatenate([[0], np.cumsum(values)])
         return (totals[offsets[1:]] - totals[offsets[:-1]]).tolist()

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -26,7 +27,7 @@ from axolotl_maskthought.config import CoTRemovalConfig, MaskedThoughtConfig
 from axolotl_maskthought.engine.collator import COT_MASK, CoTSpanCollator
 from axolotl_maskthought.engine.metrics import DeviceMetrics
 from axolotl_maskthought.ops.masking import make_generator, mask_rate, mask_thought, step_seed
-from axolotl_maskthought.ops.removal import remove_cot
+from axolotl_maskthought.ops.removal import cot_flags, remove_cot
 from axolotl_maskthought.ops.schedule import (
     first_micro_batch,
     in_full_cot_epochs,
@@ -63,8 +64,9 @@ class MaskThoughtMixin:
     None = off). Both None: the trainer behaves exactly as its base class. They can
     also be set after construction with :meth:`configure_maskthought`.
 
-    Training rows carry ``input_ids``, ``labels`` and a ``cot_mask`` column (0/1
-    per token, 1 = CoT) when ``cot_removal`` or ``masked_thought.scope: reasoning``
+    Training rows carry ``input_ids``, ``labels`` and a ``cot_mask`` column (per
+    token, 1 = CoT, 0 = not; chat rows also mark their think block's layout, see
+    :mod:`axolotl_maskthought.ops.removal`) when ``cot_removal`` or ``masked_thought.scope: reasoning``
     is on. The data collator is wrapped in :class:`~axolotl_maskthought.engine.collator.CoTSpanCollator`
     so that ``cot_mask`` is padded like ``input_ids``.
 
@@ -90,6 +92,8 @@ class MaskThoughtMixin:
         self.maskthought_metrics = DeviceMetrics()
         self._smoothing_probs: torch.Tensor | None = None
         self._replacement_id: int | None = None
+        self._evaluation_metrics: list[Callable[[object, str], dict[str, float]]] = []
+        self._evaluating = False
         if masked_thought is not None or cot_removal is not None:
             self.configure_maskthought(masked_thought, cot_removal)
 
@@ -256,7 +260,7 @@ class MaskThoughtMixin:
         for key in FA_VARLEN_KEYS:
             batch.pop(key, None)
         result = remove_cot(
-            {**batch, COT_MASK: cot_mask},
+            batch,
             cot_mask,
             self.count_in_force,
             self.cot_removal.side,
@@ -266,7 +270,7 @@ class MaskThoughtMixin:
             pad_token_id=self._pad_id(),
             padding_side=getattr(self.processing_class, "padding_side", "right"),
         )
-        cot_mask = result.batch.pop(COT_MASK)
+        cot_mask = result.cot_mask
         batch.clear()
         batch.update(result.batch)
         if training:
@@ -285,7 +289,7 @@ class MaskThoughtMixin:
         if config.scope == "reasoning":
             if cot_mask is None:
                 raise ValueError("`masked_thought.scope: reasoning` needs the `cot_mask` column; the batch has none")
-            eligible = eligible & (cot_mask != 0)
+            eligible = eligible & cot_flags(cot_mask)
         rate = mask_rate(step, self.state.max_steps, config.ratio, config.warmup)
         generator = make_generator(step_seed(self.args.seed, rank, step, micro_step), labels.device)
         masked, positions = mask_thought(
@@ -329,6 +333,36 @@ class MaskThoughtMixin:
             else:
                 self._transform_eval_inputs(inputs)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    # ---- evaluation metrics ----------------------------------------------------------
+    def add_evaluation_metrics(self, provider: Callable[[object, str], dict[str, float]]) -> None:
+        """Compute extra metrics at every evaluation, as first-class evaluation metrics.
+
+        ``provider(model, metric_key_prefix)`` returns ``{name: value}`` (names without the
+        prefix, e.g. ``accuracy_no_cot``). Its values are merged into the evaluation loop's
+        metrics as ``f"{metric_key_prefix}_{name}"`` before transformers logs them, calls
+        ``on_evaluate`` and returns them from :meth:`evaluate`, so ``metric_for_best_model``,
+        ``load_best_model_at_end``, ``EarlyStoppingCallback`` and ``ReduceLROnPlateau`` see
+        them whatever the callback order. Runs on every rank (every rank decides the best
+        checkpoint), only for :meth:`evaluate`, never for ``predict``.
+        """
+        self._evaluation_metrics.append(provider)
+
+    def evaluate(self, *args, **kwargs):
+        outer, self._evaluating = self._evaluating, True
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self._evaluating = outer
+
+    def evaluation_loop(self, *args, **kwargs):
+        output = super().evaluation_loop(*args, **kwargs)
+        if self._evaluating and self._evaluation_metrics:
+            prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+            for provider in self._evaluation_metrics:
+                for name, value in provider(self.model, prefix).items():
+                    output.metrics[f"{prefix}_{name}"] = value
+        return output
 
     def log(self, logs, *args, **kwargs):
         if "loss" in logs:

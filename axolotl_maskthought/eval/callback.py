@@ -41,7 +41,7 @@ def example_from_tokens(
     The prompt ends where the CoT span starts (or, for an empty CoT, where the
     labels start); the answer is the text after ``####`` in what follows the span.
     """
-    cot_positions = [i for i, flag in enumerate(cot_mask) if flag]
+    cot_positions = [i for i, flag in enumerate(cot_mask) if flag > 0]
     if cot_positions:
         prompt_end, cot_end = cot_positions[0], cot_positions[-1] + 1
     else:
@@ -115,7 +115,20 @@ def answer_accuracy(
 
 # ---- the callback ------------------------------------------------------------------------
 class AnswerAccuracyCallback(TrainerCallback):
-    """Logs ``eval_accuracy_cot`` / ``eval_accuracy_no_cot`` at every evaluation."""
+    """``eval_accuracy_cot`` / ``eval_accuracy_no_cot`` at every evaluation, as evaluation metrics.
+
+    With a trainer that has the engine (``MaskThoughtMixin``: the axolotl plugin's
+    trainer, ``MaskThoughtTrainer``, ``with_maskthought(...)``) the accuracies are
+    computed inside ``evaluate()`` (see ``MaskThoughtMixin.add_evaluation_metrics``): they
+    are logged in the same entry as ``eval_loss``, returned by ``trainer.evaluate()``,
+    and usable as ``metric_for_best_model`` (``load_best_model_at_end``, early stopping).
+    The names follow the evaluation's prefix (``eval_``; with several evaluation sets,
+    ``eval_<first set>_``, the set the rows come from).
+
+    With any other trainer they are added to the metrics in ``on_evaluate`` and logged
+    in their own entry: callbacks listed before this one (e.g. ``EarlyStoppingCallback``)
+    and ``metric_for_best_model`` do not see them there.
+    """
 
     def __init__(
         self,
@@ -132,16 +145,21 @@ class AnswerAccuracyCallback(TrainerCallback):
         self.examples = list(examples)
         self.fmt, self.template = fmt, template
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        eval_dataset = getattr(trainer, "eval_dataset", None)
+        # several evaluation sets: the rows come from the first, so only its evaluation reports them
+        self.prefix_suffix = f"_{next(iter(eval_dataset))}" if isinstance(eval_dataset, dict) else None
+        self.registered = hasattr(trainer, "add_evaluation_metrics")
+        if self.registered:
+            trainer.add_evaluation_metrics(self)
 
-    def on_evaluate(self, args, state, control, model=None, **kwargs):
-        if not self.examples or model is None or not state.is_world_process_zero:
-            return
+    def accuracies(self, model) -> dict[str, float]:
+        """``{"accuracy_cot": ..., "accuracy_no_cot": ...}`` on this callback's rows."""
         tokenizer = self.trainer.processing_class
-        metrics = {
-            METRIC_COT: answer_accuracy(
+        return {
+            METRIC_COT.removeprefix("eval_"): answer_accuracy(
                 model, tokenizer, self.examples, self.fmt, self.template, False, self.batch_size, self.max_new_tokens
             ),
-            METRIC_NO_COT: answer_accuracy(
+            METRIC_NO_COT.removeprefix("eval_"): answer_accuracy(
                 model,
                 tokenizer,
                 self.examples,
@@ -153,8 +171,22 @@ class AnswerAccuracyCallback(TrainerCallback):
                 self.keep_position,
             ),
         }
-        # Its own log entry at the evaluation's step: reported by every logger.
-        self.trainer.log(metrics)
+
+    def __call__(self, model, metric_key_prefix: str) -> dict[str, float]:
+        """The evaluation-metrics provider (``MaskThoughtMixin.add_evaluation_metrics``)."""
+        if not self.examples or model is None:
+            return {}
+        if self.prefix_suffix is not None and not metric_key_prefix.endswith(self.prefix_suffix):
+            return {}
+        return self.accuracies(model)
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        if self.registered or not self.examples or model is None or not state.is_world_process_zero:
+            return
+        values = {f"eval_{name}": value for name, value in self.accuracies(model).items()}
+        if metrics is not None:
+            metrics.update(values)  # the dict evaluate() returns
+        self.trainer.log(values)
 
 
 def dataset_format(cfg) -> str | None:

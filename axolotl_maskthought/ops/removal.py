@@ -6,6 +6,16 @@ example, ``scheduled + offset`` CoT tokens are dropped from the left (or right) 
 its CoT, clipped to the CoT length; everything else (question, both separators,
 answer) stays. Rows are then compacted, trailing padding trimmed, and attention
 mask and position ids rebuilt per packed segment.
+
+``cot_mask`` codes (per token):
+
+- ``0``: not CoT, always kept;
+- positive (``1``, :data:`COT`, as strategies write it): a CoT token, removed by the schedule;
+- negative: a chat template's layout inside the think block (e.g. the newlines around the
+  reasoning). Kept while the example keeps any CoT token; once its whole CoT is removed,
+  ``-1`` (:data:`LAYOUT_DROP`) is dropped and ``-(t + 2)`` (:func:`layout_code`) becomes token
+  ``t`` (its label too, where trained), so the block reads exactly as the template renders
+  an empty reasoning.
 """
 
 from __future__ import annotations
@@ -17,6 +27,18 @@ import torch
 from axolotl_maskthought.ops.schedule import sample_offsets
 
 SIDES = ("left", "right")
+COT = 1
+LAYOUT_DROP = -1
+
+
+def layout_code(token_id: int) -> int:
+    """The ``cot_mask`` code of a layout token that becomes ``token_id`` once the whole CoT is removed."""
+    return -(int(token_id) + 2)
+
+
+def cot_flags(cot_mask: torch.Tensor) -> torch.Tensor:
+    """Bool tensor of ``cot_mask``'s shape: the CoT tokens (positive codes), layout codes excluded."""
+    return cot_mask > 0
 
 
 @dataclass
@@ -34,6 +56,7 @@ class RemovalResult:
     removed_per_segment: torch.Tensor
     cot_left_per_segment: torch.Tensor
     is_example: torch.Tensor
+    cot_mask: torch.Tensor | None = None  # (B, T') the codes after removal (substituted layout: 0)
 
     @property
     def removed_per_example(self) -> torch.Tensor:
@@ -97,6 +120,8 @@ def remove_cot(
 ) -> RemovalResult:
     """Drop ``scheduled + offset`` CoT tokens per example and re-pack ``batch``.
 
+    ``cot_mask`` (B, T) holds the codes of the module docstring: positive on CoT tokens;
+    layout codes are dropped or substituted once an example's whole CoT is removed.
     ``batch`` holds ``input_ids`` and ``labels`` (B, T), optionally
     ``attention_mask`` (0 = padding; packed segment ids are kept as they are) and
     ``position_ids``. ``smoothing_probs`` (see ``schedule.smoothing_distribution``)
@@ -121,7 +146,8 @@ def remove_cot(
     segment = starts.flatten().long().cumsum(0) - 1  # (B*T,) global example index
     num_segments = int(segment[-1].item()) + 1
 
-    cot = (cot_mask.flatten() != 0) & real.flatten()
+    codes = cot_mask.flatten()
+    cot = (codes > 0) & real.flatten()
     cot_long = cot.long()
     cot_len = torch.zeros(num_segments, dtype=torch.long, device=device).scatter_add_(0, segment, cot_long)
     running = cot_long.cumsum(0)
@@ -141,7 +167,18 @@ def remove_cot(
     else:
         removed = cot & (rank >= (cot_len - to_remove)[segment])
 
-    keep = (real.flatten() & ~removed).view(rows, width)
+    # Layout of the think block, once an example's whole CoT is gone: dropped, or
+    # substituted with the template's empty-reasoning tokens.
+    whole = ((to_remove == cot_len) & (cot_len > 0))[segment] & real.flatten()
+    dropped_layout = whole & (codes == LAYOUT_DROP)
+    substitute = (whole & (codes < LAYOUT_DROP)).view(rows, width)
+    substitute_ids = (-cot_mask.long() - 2).clamp(min=0).to(input_ids.dtype)
+    input_ids = torch.where(substitute, substitute_ids, input_ids)
+    labels = batch["labels"]
+    labels = torch.where(substitute & (labels != -100), substitute_ids.to(labels.dtype), labels)
+    new_codes = torch.where(substitute, torch.zeros_like(cot_mask), cot_mask)
+
+    keep = (real.flatten() & ~removed & ~dropped_layout).view(rows, width)
     new_lengths = keep.sum(1)
     new_width = int(new_lengths.max().item()) if rows else 0
     target = keep.long().cumsum(1) - 1  # column in the compacted row
@@ -163,7 +200,7 @@ def remove_cot(
             continue
         out[key] = compact(value, 0) if value.shape == input_ids.shape else value
     out["input_ids"] = compact(input_ids, pad_token_id)
-    out["labels"] = compact(batch["labels"], -100)
+    out["labels"] = compact(labels, -100)
     if attention_mask is not None:
         out["attention_mask"] = compact(attention_mask, 0)
 
@@ -198,4 +235,5 @@ def remove_cot(
         removed_per_segment=to_remove,
         cot_left_per_segment=cot_len - to_remove,
         is_example=is_example,
+        cot_mask=compact(new_codes, 0),
     )

@@ -41,7 +41,7 @@ not trained.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from axolotl_maskthought.data.formats import IGNORE_INDEX
 from axolotl_maskthought.strategies.base import LOG, CoTStrategy, format_options
@@ -137,6 +137,8 @@ class Rendering:
     text: str
     trained: list[tuple[int, int]]
     reasoning: list[tuple[int, int]]
+    reasoning_turns: list[int] = field(default_factory=list)  # the turn of each ``reasoning`` span
+    answers: list[tuple[int, int]] = field(default_factory=list)  # each assistant turn's answer
 
 
 def _placeholder(kind: str, index: int) -> str:
@@ -252,17 +254,19 @@ class ChatTemplateCoTStrategy(CoTStrategy):
                 "the chat template rewrites assistant text (the render differs from the one with "
                 "placeholders), so the reasoning span cannot be located"
             )
-        trained, reasoning = [], []
+        trained, reasoning, reasoning_turns, answers = [], [], [], []
         open_tag = self.think_tags[0]
         previous_end = 0
         for index, turn in enumerate(turns):
             if turn.role != "assistant":
                 continue
             answer = spans[("a", index)]
+            answers.append(answer)
             start = answer[0]
             if ("r", index) in spans:
                 reasoning_span = spans[("r", index)]
                 reasoning.append(reasoning_span)
+                reasoning_turns.append(index)
                 start = reasoning_span[0]
                 if not self.reasoning_in_template:
                     # Inlined, the opening tag is message text (trained, as axolotl does);
@@ -272,15 +276,13 @@ class ChatTemplateCoTStrategy(CoTStrategy):
                         start = tag
             trained.append((start, answer[1]))
             previous_end = answer[1]
-        return Rendering(text, trained, reasoning)
+        return Rendering(text, trained, reasoning, reasoning_turns, answers)
 
     # ---- tokens ----------------------------------------------------------------
     def tokenize(self, turns: list[Turn]) -> dict:
         rendering = self.render(turns)
         text = rendering.text
-        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        input_ids = list(encoded["input_ids"])
-        offsets = encoded["offset_mapping"]
+        input_ids, offsets = self._encode(text, rendering.reasoning)
         labels = list(input_ids) if self.train_on_inputs else [IGNORE_INDEX] * len(input_ids)
         for span_start, span_end in rendering.trained:
             inside = [i for i, (s, e) in enumerate(offsets) if s < span_end and e > span_start]
@@ -301,12 +303,121 @@ class ChatTemplateCoTStrategy(CoTStrategy):
                 overlaps = s < span_end and e > span_start
                 if overlaps and not text[s:span_start].strip() and not text[span_end:e].strip():
                     cot_mask[i] = 1
+        self._mark_empty_layout(turns, rendering, input_ids, offsets, cot_mask)
         return {
             "input_ids": input_ids,
             "attention_mask": [1] * len(input_ids),
             "labels": labels,
             "cot_mask": cot_mask,
         }
+
+    def _encode(self, text: str, reasoning: list[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids and character offsets of ``text``, tokenized as ``apply_chat_template`` does
+        but cut at the edges of every non-empty reasoning span: no token straddles the
+        reasoning and the template's layout (Qwen's pre-tokenizer would glue the reasoning's
+        last ``.`` to the template's newline), so removing reasoning tokens never takes the
+        template's layout with it."""
+        cuts = sorted({edge for start, end in reasoning if start < end for edge in (start, end)} | {len(text)})
+        ids: list[int] = []
+        offsets: list[tuple[int, int]] = []
+        begin = 0
+        for end in cuts:
+            if end > begin:
+                encoded = self.tokenizer(text[begin:end], add_special_tokens=False, return_offsets_mapping=True)
+                ids += encoded["input_ids"]
+                offsets += [(s + begin, e + begin) for s, e in encoded["offset_mapping"]]
+            begin = end
+        return ids, offsets
+
+    def _mark_empty_layout(self, turns, rendering: Rendering, input_ids, offsets, cot_mask) -> None:
+        """Layout codes (``ops.removal``) on the think blocks' other tokens, in place.
+
+        Each block with reasoning is compared, token by token, with the template's render
+        of the same conversation where that reasoning is empty (blocks from the last to the
+        first, so earlier tokens are those of this row). Between the longest common prefix
+        and suffix, the tokens that are not CoT are the block's layout: the first ones get
+        the empty render's tokens as substitutes (:func:`layout_code`), the rest
+        :data:`LAYOUT_DROP`. With the whole CoT removed the row is then, token for token,
+        the template's render with empty reasoning (Qwen3: ``<think>`` ``\n`` R ``\n``
+        ``</think>`` becomes ``<think>`` ``\n\n`` ``</think>``); with part of it removed the
+        tags and the layout stay as the template writes them.
+
+        Raises ValueError when the empty render has more tokens in the block than the
+        row has layout tokens there (it could not be reached by removal).
+        """
+        from axolotl_maskthought.ops.removal import LAYOUT_DROP, layout_code
+
+        blocks = [
+            (turn_index, span)
+            for turn_index, span in zip(rendering.reasoning_turns, rendering.reasoning)
+            if span[0] < span[1]
+        ]
+        current_turns, current_ids = list(turns), list(input_ids)
+        for block, (turn_index, (span_start, span_end)) in reversed(list(enumerate(blocks))):
+            inside = [i for i, (s, e) in enumerate(offsets) if s < span_end and e > span_start]
+            cot = [i for i in inside if cot_mask[i] > 0]
+            if not cot:
+                continue
+            emptied = list(current_turns)
+            emptied[turn_index] = replace(current_turns[turn_index], reasoning="")
+            # Earlier blocks keep their reasoning: the same text and cuts as this row up to here.
+            empty_text = self._apply(self._messages(emptied, lambda kind, index, value: value))
+            empty_ids, _ = self._encode(empty_text, [span for _, span in blocks[:block]])
+            prefix = 0
+            limit = min(len(current_ids), len(empty_ids), inside[0])
+            while prefix < limit and current_ids[prefix] == empty_ids[prefix]:
+                prefix += 1
+            suffix = 0
+            limit = min(len(current_ids) - inside[-1] - 1, len(empty_ids) - prefix)
+            while suffix < limit and current_ids[-1 - suffix] == empty_ids[-1 - suffix]:
+                suffix += 1
+            middle = range(prefix, len(current_ids) - suffix)
+            substitutes = empty_ids[prefix : len(empty_ids) - suffix]
+            layout = [i for i in middle if cot_mask[i] <= 0]
+            if len(substitutes) > len(layout):
+                raise ValueError(
+                    f"the chat template renders message {turn_index}'s empty reasoning with "
+                    f"{len(substitutes)} tokens where the row has {len(layout)} layout tokens around "
+                    "the reasoning: removing the whole CoT could not give the template's empty block"
+                )
+            for i, token in zip(layout, substitutes):
+                cot_mask[i] = layout_code(token)
+            for i in layout[len(substitutes) :]:
+                cot_mask[i] = LAYOUT_DROP
+            current_turns, current_ids = emptied, empty_ids
+
+    def prompt_ids(self, row, no_cot: bool = False) -> list[int]:
+        """The generation prompt for the row's last assistant turn, as training lays it out.
+
+        ``no_cot``: the row with its whole CoT removed (what Stepwise Internalization trains
+        on at the end, see ``ops.removal``) up to where the last answer starts, i.e. the
+        template's render with empty reasoning; for Qwen3 this is its ``enable_thinking=False``
+        generation prompt (``<think>`` ``\n\n`` ``</think>`` ``\n\n``). Otherwise the row up to
+        where the last turn's reasoning starts (Qwen3: ending ``<think>`` ``\n``), or its answer
+        when it has none. Raises ValueError for an invalid row, as :meth:`tokenize_prompt`.
+        """
+        try:
+            turns = self.parse(row)
+            rendering = self.render(turns)
+        except ValueError as err:
+            raise ValueError(f"invalid row {dict(row)!r}: {err}") from None
+        example = self.tokenize(turns)
+        ids, codes = example["input_ids"], example["cot_mask"]
+        _, offsets = self._encode(rendering.text, rendering.reasoning)
+        answer_start = rendering.answers[-1][0]
+        end = next((i for i, (_, e) in enumerate(offsets) if e > answer_start), len(ids))
+        if not no_cot:
+            last_turn = max(i for i, turn in enumerate(turns) if turn.role == "assistant")
+            if rendering.reasoning_turns and rendering.reasoning_turns[-1] == last_turn:
+                reasoning_start = rendering.reasoning[-1][0]
+                end = next((i for i, (_, e) in enumerate(offsets) if e > reasoning_start), end)
+            return list(ids[:end])
+        from axolotl_maskthought.ops.removal import LAYOUT_DROP
+
+        # the whole CoT removed: CoT and dropped layout go, substituted layout becomes its token
+        return [
+            ids[i] if code == 0 else -code - 2 for i, code in enumerate(codes[:end]) if code == 0 or code < LAYOUT_DROP
+        ]
 
     def tokenize_prompt(self, row) -> dict:
         try:

@@ -12,13 +12,15 @@ import yaml
 from axolotl.cli.config import load_cfg
 from axolotl_run import MASKTHOUGHT_PLUGIN, gsm8k_dataset, logged_records, write_config, write_jsonl
 
+from axolotl_maskthought.data.files import read_jsonl
+
 ALPACA = {"path": "{data}", "ds_type": "json", "type": "alpaca"}
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, shared_data: Path) -> dict:
     root = tmp_path_factory.mktemp("config")
-    rows = axolotl_run.read_jsonl(shared_data / "gsm8k" / "train.jsonl", limit=20)
+    rows = read_jsonl(shared_data / "gsm8k" / "train.jsonl", limit=20)
     model = axolotl_run.build_base_model(
         root / "model", [row["question"] + "\n" + row["answer"] for row in rows], vocab_size=400
     )

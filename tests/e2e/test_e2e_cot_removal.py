@@ -28,7 +28,7 @@ from axolotl_run import (
     save_prepared_in_process,
     write_config,
 )
-from test_schedule import hf_loop_first_micro_batches, official_loop
+from official_schedule import hf_loop_first_micro_batches, official_loop
 
 from axolotl_maskthought.data.files import write_lines
 from axolotl_maskthought.data.formats import IGNORE_INDEX, parse_icot_line, tokenize_icot

@@ -29,6 +29,7 @@ import torch
 from axolotl_run import gsm8k_dataset, load_capture, run_cli, run_in_process, write_config, write_jsonl
 
 from axolotl_maskthought.config import PROMPT_TEMPLATES
+from axolotl_maskthought.data.files import read_jsonl
 
 IGNORE = -100
 ROWS = 200
@@ -50,7 +51,7 @@ WARMUP_RATES = [0.0, 0.2, 0.4, 0.4]
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, shared_data: Path) -> dict:
     root = tmp_path_factory.mktemp("mft")
-    rows = axolotl_run.read_jsonl(shared_data / "gsm8k" / "train.jsonl", limit=ROWS)
+    rows = read_jsonl(shared_data / "gsm8k" / "train.jsonl", limit=ROWS)
     assert len(rows) == ROWS
     texts = [row["question"] + "\n" + row["answer"] for row in rows] + list(PROMPT_TEMPLATES.values())
     model = axolotl_run.build_base_model(root / "model", texts, vocab_size=1000)

@@ -21,6 +21,7 @@ import torch
 from axolotl_run import gsm8k_dataset, run_cli, run_in_process, write_config
 
 from axolotl_maskthought.config import PROMPT_TEMPLATES
+from axolotl_maskthought.data.files import read_jsonl
 
 MASK = "<mask>"
 ROWS = 32
@@ -32,7 +33,7 @@ def merged(tmp_path_factory, shared_data: Path) -> dict:
     from transformers import AutoTokenizer
 
     root = tmp_path_factory.mktemp("merge")
-    rows = axolotl_run.read_jsonl(shared_data / "gsm8k" / "train.jsonl", limit=ROWS)
+    rows = read_jsonl(shared_data / "gsm8k" / "train.jsonl", limit=ROWS)
     texts = [row["question"] + "\n" + row["answer"] for row in rows] + list(PROMPT_TEMPLATES.values())
     base = axolotl_run.build_base_model(root / "model", texts, vocab_size=BASE_VOCAB)
     assert len(AutoTokenizer.from_pretrained(base)) == BASE_VOCAB

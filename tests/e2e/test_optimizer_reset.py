@@ -26,6 +26,7 @@ import warnings
 import pytest
 import torch
 
+from axolotl_maskthought.data.files import read_jsonl
 from axolotl_maskthought.engine.optimizer_reset import record_fresh_state, reset_optimizer_state, unwrap_optimizer
 
 # --------------------------------------------------------------------------------------
@@ -438,7 +439,7 @@ def optimizer_workspace(tmp_path_factory, shared_data):
     from transformers import AutoModelForCausalLM
 
     root = tmp_path_factory.mktemp("optimizers")
-    rows = axolotl_run.read_jsonl(shared_data / "gsm8k" / "train.jsonl", limit=8)
+    rows = read_jsonl(shared_data / "gsm8k" / "train.jsonl", limit=8)
     model_dir = axolotl_run.build_base_model(
         root / "model", [r["question"] + r["answer"] for r in rows], vocab_size=300
     )

@@ -23,6 +23,7 @@ import yaml
 from axolotl_run import gsm8k_dataset, load_capture, run_cli, run_in_process, save_prepared_in_process, write_config
 
 from axolotl_maskthought.config import PROMPT_TEMPLATES
+from axolotl_maskthought.data.files import read_jsonl
 
 ROWS = 16
 KEYED = re.compile(r"maskthought-[0-9a-f]{12}")
@@ -33,7 +34,7 @@ PLAIN_START = "<s>Question: "
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, shared_data: Path) -> dict:
     root = tmp_path_factory.mktemp("prepared")
-    rows = axolotl_run.read_jsonl(shared_data / "gsm8k" / "train.jsonl", limit=ROWS)
+    rows = read_jsonl(shared_data / "gsm8k" / "train.jsonl", limit=ROWS)
     texts = [row["question"] + "\n" + row["answer"] for row in rows] + list(PROMPT_TEMPLATES.values())
     return {
         "root": root,

@@ -8,6 +8,7 @@ from paths import REPO_ROOT
 from axolotl_maskthought.config import config_reference_markdown
 
 README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+CONTRIBUTING = (REPO_ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
 CI = (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8")
 
 
@@ -17,9 +18,9 @@ def _ci_runs(command: str) -> bool:
     return any(line.fullmatch(text) for text in CI.splitlines())
 
 
-def _section(title: str) -> str:
-    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", README, re.S | re.M)
-    assert match, f"README has no section `## {title}`"
+def _section(title: str, text: str = README, name: str = "README") -> str:
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", text, re.S | re.M)
+    assert match, f"{name} has no section `## {title}`"
     return match.group(1)
 
 
@@ -35,7 +36,7 @@ def test_first_lines_are_the_install_and_test_commands():
 
 
 def test_ci_installs_and_tests_every_stack_as_the_readme_says():
-    section = _section("Install: two supported stacks")
+    section = _section("Install: two supported stacks", CONTRIBUTING, "CONTRIBUTING.md")
     lines = re.search(r"```bash\n(.*?)```", section, re.S).group(1).strip().splitlines()
     installs, tests = lines[0::2], lines[1::2]
     rows = [line for line in section.splitlines() if re.match(r"\| \d+ \|", line)]

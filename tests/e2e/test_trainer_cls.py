@@ -15,6 +15,8 @@ import axolotl_run
 import pytest
 from axolotl_run import gsm8k_dataset, run_in_process, write_config, write_jsonl
 
+from axolotl_maskthought.data.files import read_jsonl
+
 USER_TRAINER = textwrap.dedent(
     """
     from axolotl.core.trainers.base import AxolotlTrainer
@@ -35,7 +37,7 @@ USER_TRAINER = textwrap.dedent(
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, shared_data: Path) -> dict:
     root = tmp_path_factory.mktemp("trainer_cls")
-    rows = axolotl_run.read_jsonl(shared_data / "gsm8k" / "train.jsonl", limit=40)
+    rows = read_jsonl(shared_data / "gsm8k" / "train.jsonl", limit=40)
     model = axolotl_run.build_base_model(root / "model", [r["question"] + "\n" + r["answer"] for r in rows])
     (root / "user_trainers.py").write_text(USER_TRAINER)
     return {"root": root, "model": model, "data": write_jsonl(root / "gsm8k.jsonl", rows)}

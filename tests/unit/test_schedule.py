@@ -14,38 +14,12 @@ import math
 
 import pytest
 import torch
+from official_schedule import hf_loop_first_micro_batches, official_loop
 
 from axolotl_maskthought.ops import schedule
 from axolotl_maskthought.ops.schedule import REMOVE_ALL
 
 INF = float("inf")
-
-
-def official_loop(batches_per_epoch: int, delta: float, start_epoch: int, remove_all_at, epochs: int):
-    """Replay the official loop; per micro-batch: (count in force, optimizer reset?).
-
-    The reset flag assumes some CoT was left in the previous batch (the other
-    half of the official rule is covered by ``should_reset_optimizer`` below).
-    """
-    threshold = INF if remove_all_at is None else remove_all_at
-    interval = int(round(batches_per_epoch / delta))
-    scheduled, counter = 0, 0
-    rows = []
-    for epoch in range(epochs):
-        if scheduled >= threshold:
-            scheduled = INF
-        for _ in range(batches_per_epoch):
-            previous = scheduled
-            if counter == interval or interval == 0:
-                scheduled += 1
-                counter = 0
-            if epoch >= start_epoch:
-                counter += 1
-            reset = scheduled > previous
-            if scheduled >= threshold:
-                scheduled = INF
-            rows.append((REMOVE_ALL if scheduled == INF else scheduled, reset))
-    return rows
 
 
 # (batches per epoch, Δ, start_epoch, remove_all_at)
@@ -122,16 +96,6 @@ def test_steps_per_removed_token():
 def test_in_full_cot_epochs():
     assert [schedule.in_full_cot_epochs(i, 4, 2) for i in range(10)] == [True] * 8 + [False] * 2
     assert not schedule.in_full_cot_epochs(0, 4, 0)
-
-
-def hf_loop_first_micro_batches(batches_per_epoch: int, accumulation: int, epochs: int) -> list[int]:
-    """First micro-batch (global index) of each optimizer step, chunked as the HF loop does:
-    ``accumulation`` micro-batches per step, the epoch's last step taking the remainder."""
-    firsts = []
-    for epoch in range(epochs):
-        indices = list(range(epoch * batches_per_epoch, (epoch + 1) * batches_per_epoch))
-        firsts.extend(indices[start] for start in range(0, batches_per_epoch, accumulation))
-    return firsts
 
 
 @pytest.mark.parametrize("batches_per_epoch", [1, 4, 5, 7, 12])

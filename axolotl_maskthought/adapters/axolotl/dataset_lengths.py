@@ -95,7 +95,7 @@ def training_cot_lengths(config: dict, sample_rows: int | None = COT_SAMPLE_ROWS
             if not truncate:
                 continue
             cot_mask = cot_mask[:sequence_len]
-        lengths.append(sum(1 for flag in cot_mask if flag))
+        lengths.append(sum(1 for flag in cot_mask if flag > 0))
     scope = (
         f"all {total} rows" if len(rows) == total else f"a random sample of {len(rows)} of {total} rows (--cot-rows)"
     )
