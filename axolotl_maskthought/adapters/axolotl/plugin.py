@@ -126,6 +126,9 @@ class MaskThoughtPlugin(BasePlugin):
         return "axolotl_maskthought.adapters.axolotl.args.MaskThoughtArgs"
 
     def register(self, cfg: dict):
+        from axolotl_maskthought.adapters.axolotl.versions import warn_if_untested_axolotl
+
+        warn_if_untested_axolotl()  # the earliest hook: every axolotl command passes here
         if is_active(cfg) and cfg.get("trainer_cls"):
             from axolotl_maskthought.adapters.axolotl.trainer import trainer_class
 
