@@ -157,7 +157,7 @@ class MaskThoughtPlugin(BasePlugin):
             return
         from transformers import AutoTokenizer
 
-        from axolotl_maskthought.ops.embeddings import init_rows_to_mean
+        from axolotl_maskthought.engine.embeddings import init_rows_to_mean
 
         base = AutoTokenizer.from_pretrained(cfg.get("tokenizer_config") or cfg["base_model"])
         if token in base.get_vocab():
