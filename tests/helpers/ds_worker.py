@@ -1,4 +1,5 @@
-"""Subprocess worker for ``test_deepspeed_e2e``: one axolotl run under DeepSpeed on the CPU.
+"""Subprocess worker for ``test_deepspeed_e2e`` and ``test_zero3_embeddings``: one rank of an
+axolotl run under DeepSpeed on the CPU.
 
 Usage::
 
@@ -24,6 +25,14 @@ What is needed to run axolotl 0.19 + DeepSpeed on a CPU-only box (one rank):
   skipped.
 * py-cpuinfo's ``get_cpu_info`` cached: ``DeepSpeedCPUAdam`` (optimizer offload) asks
   for it on construction, which takes seconds on a loaded machine.
+
+With two ranks (RANK / WORLD_SIZE / LOCAL_RANK set by the test, one process each) two more
+things: the gloo group spans both, the shared-memory kernel stays stubbed (DeepSpeed's
+collectives then go through torch.distributed), axolotl's CUDA P2P probe answers as on a
+CPU build of torch (``mp_capture``), and accelerate is told the backend is gloo: with no GPU
+it finds none and counts one process, so the Trainer's DeepSpeed batch size would miss the
+other rank ("train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step *
+world_size").
 """
 
 from __future__ import annotations
