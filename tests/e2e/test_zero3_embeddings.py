@@ -11,7 +11,7 @@ Two levels:
 * a real axolotl training run per rank (``ds_worker``), ZeRO-3 from the repository's
   ``examples/deepspeed/zero3.json``, reading the rows when training begins, with the
   embeddings as transformers hands them back after the resize, and with them partitioned
-  by a plugin listed before ours; and that run without the gather, which must fail.
+  just before the plugin writes the rows; and that run without the gather, which must fail.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def axolotl_runs(tmp_path_factory):
             [{"path": str(data), "type": "axolotl_maskthought.strategies.icot"}],
             root / f"out-{case}",
             plugins=[
-                "ds_worker.PartitionEmbeddingsPlugin",  # before ours: its pre_lora_load runs first
+                "ds_worker.PartitionEmbeddingsPlugin",  # wraps our pre_lora_load (see its docstring)
                 "axolotl_maskthought.MaskThoughtPlugin",
                 "ds_worker.StepRecorderPlugin",
             ],

@@ -137,32 +137,48 @@ def _placeholder(parameter) -> bool:
     return hasattr(parameter, "ds_id") and parameter.numel() == 0
 
 
+def _partition_embeddings(model) -> None:
+    """``deepspeed.zero.Init(module=...)`` on the input and output embeddings (rank 0's
+    values are broadcast, then each rank keeps its shard)."""
+    import deepspeed
+    import torch
+
+    ds_config = {
+        "train_micro_batch_size_per_gpu": 1,
+        "train_batch_size": torch.distributed.get_world_size(),
+        "zero_optimization": {"stage": 3},
+    }
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if module is not None:
+            deepspeed.zero.Init(module=module, config_dict_or_path=ds_config, dtype=module.weight.dtype)
+
+
 class PartitionEmbeddingsPlugin(BasePlugin):
-    """Listed before ours: records whether the embeddings are partitioned when the plugin's
-    `pre_lora_load` writes the mask rows, and with ``DS_WORKER_PARTITION_EMBEDDINGS=1``
-    partitions them first (``deepspeed.zero.Init(module=...)``), the state the plugin must
-    handle when transformers does not hand the resized embeddings back whole."""
+    """Records whether the embeddings are partitioned when our plugin's `pre_lora_load`
+    writes the mask rows, and with ``DS_WORKER_PARTITION_EMBEDDINGS=1`` partitions them just
+    before: the state the plugin must handle when transformers does not hand the resized
+    embeddings back whole. It wraps that hook rather than running its own `pre_lora_load`
+    first, because hook order is registration order and axolotl 0.21 registers installed
+    plugins (ours, by its entry point) before the config's."""
 
-    def pre_lora_load(self, cfg, model):
-        import deepspeed
-        import torch
+    def register(self, cfg):
+        from axolotl_maskthought.adapters.axolotl.plugin import MaskThoughtPlugin
 
-        from axolotl_maskthought.engine.embeddings import embedding_weights
+        original = MaskThoughtPlugin.pre_lora_load
+        if getattr(original, "wrapped_by_ds_worker", False):
+            return
 
-        modules = [model.get_input_embeddings(), model.get_output_embeddings()]
-        RECORD["embeddings_partitioned_as_loaded"] = [_placeholder(w) for w in embedding_weights(model)]
-        if os.environ.get(PARTITION_ENV) == "1":
-            world_size = torch.distributed.get_world_size()
-            ds_config = {
-                "train_micro_batch_size_per_gpu": 1,
-                "train_batch_size": world_size,
-                "zero_optimization": {"stage": 3},
-            }
-            for module in modules:
-                if module is not None:
-                    dtype = module.weight.dtype
-                    deepspeed.zero.Init(module=module, config_dict_or_path=ds_config, dtype=dtype)
-        RECORD["embeddings_partitioned_at_write"] = [_placeholder(w) for w in embedding_weights(model)]
+        def pre_lora_load(plugin, cfg, model):
+            from axolotl_maskthought.engine.embeddings import embedding_weights
+
+            RECORD["embeddings_partitioned_as_loaded"] = [_placeholder(w) for w in embedding_weights(model)]
+            if os.environ.get(PARTITION_ENV) == "1":
+                _partition_embeddings(model)
+            RECORD["embeddings_partitioned_at_write"] = [_placeholder(w) for w in embedding_weights(model)]
+            return original(plugin, cfg, model)
+
+        pre_lora_load.wrapped_by_ds_worker = True
+        MaskThoughtPlugin.pre_lora_load = pre_lora_load
 
 
 class _MaskRowsAtTrainBegin(TrainerCallback):
