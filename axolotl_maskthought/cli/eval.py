@@ -166,13 +166,20 @@ def register(subparsers) -> None:
         action="store_true",
         help="with --no-cot: number positions as `cot_removal.keep_position` trained them (default: from --config)",
     )
-    evaluate.add_argument("--batch-size", type=int, default=8)
-    evaluate.add_argument("--max-new-tokens", type=int, default=512)
-    evaluate.add_argument("--backend", default="transformers", help="transformers (default) or vllm")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default: %(default)s)")
+    evaluate.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=512,
+        help="generation stops after this many new tokens per prompt (default: %(default)s)",
+    )
+    evaluate.add_argument("--backend", default="transformers", help="transformers or vllm (default: %(default)s)")
     evaluate.add_argument("--prompt-template", help="gsm8k prompt: alpaca, plain or a string with {question}")
     evaluate.add_argument("--base-model", help="base model of a LoRA adapter (default: its adapter_config)")
     evaluate.add_argument("--tokenizer", help="tokenizer directory (default: the model's, else the base model's)")
-    evaluate.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16/fp16 on GPU), float32, ...")
+    evaluate.add_argument(
+        "--dtype", default="auto", help="auto (fp32 on CPU, bf16/fp16 on GPU), float32, ... (default: %(default)s)"
+    )
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate.set_defaults(func=run_eval)
 
@@ -183,5 +190,5 @@ def register(subparsers) -> None:
     )
     _common_flags(score)
     score.add_argument("--predictions", required=True, help="JSON lines with a generation per example, in order")
-    score.add_argument("--field", default="generation", help="field holding the generation (default: generation)")
+    score.add_argument("--field", default="generation", help="field holding the generation (default: %(default)s)")
     score.set_defaults(func=run_score)

@@ -48,8 +48,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     mult = subparsers.add_parser("multiplication", help="multiplication in the ICoT format")
     mult.add_argument("--digits", type=int, required=True, help="digits of a")
     mult.add_argument("--digits-b", type=int, help="digits of b (default: --digits)")
-    mult.add_argument("--count", type=int, required=True)
-    mult.add_argument("--seed", type=int, default=0)
+    mult.add_argument("--count", type=int, required=True, help="number of lines")
+    mult.add_argument("--seed", type=int, default=0, help="random seed of the operands (default: %(default)s)")
     mult.add_argument("--output", required=True, help="output .txt file")
     mult.set_defaults(**{_HANDLER: _run_multiplication})
 
@@ -60,11 +60,13 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     gsm.set_defaults(**{_HANDLER: _run_gsm8k_to_icot})
 
     arith = subparsers.add_parser("arithmetic", help="worked arithmetic problems as GSM8K jsonl")
-    arith.add_argument("--count", type=int, required=True)
-    arith.add_argument("--seed", type=int, default=0)
+    arith.add_argument("--count", type=int, required=True, help="number of problems")
+    arith.add_argument("--seed", type=int, default=0, help="random seed of the problems (default: %(default)s)")
     arith.add_argument("--output", required=True, help="output .jsonl file")
-    arith.add_argument("--terms", type=int, default=3)
-    arith.add_argument("--max-value", type=int, default=50)
+    arith.add_argument("--terms", type=int, default=3, help="numbers per problem, at least 2 (default: %(default)s)")
+    arith.add_argument(
+        "--max-value", type=int, default=50, help="numbers are drawn from 1..MAX_VALUE (default: %(default)s)"
+    )
     arith.set_defaults(**{_HANDLER: _run_arithmetic})
 
 

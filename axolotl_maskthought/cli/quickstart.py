@@ -111,7 +111,11 @@ def register(subparsers) -> None:
         if __doc__
         else None,
     )
-    parser.add_argument("--output", default="maskthought-quickstart", help="directory for data, model, configs, plot")
+    parser.add_argument(
+        "--output",
+        default="maskthought-quickstart",
+        help="directory for data, model, configs, plot (default: %(default)s)",
+    )
     parser.add_argument("--quick", action="store_true", help="toy-sized runs of both comparisons (CI smoke test)")
     parser.add_argument(
         "--long",
@@ -119,13 +123,15 @@ def register(subparsers) -> None:
         help="Stepwise Internalization vs no-CoT training (the recipe of "
         "examples/yaml/cpu_multiplication_icot_si.yml; much longer)",
     )
-    parser.add_argument("--seed", type=int, default=42, help="training seed: data order, masks, removal offsets")
+    parser.add_argument(
+        "--seed", type=int, default=42, help="training seed: data order, masks, removal offsets (default: %(default)s)"
+    )
     parser.add_argument(
         "--threads",
         type=int,
         default=1,
         metavar="N",
-        help="torch CPU threads (default 1: these models are too small to gain from more, and "
+        help="torch CPU threads (default: %(default)s; these models are too small to gain from more, and "
         "two threads per process thrashed on a busy 2-core machine)",
     )
     parser.add_argument("--verbose", action="store_true", help="show axolotl's own log output")

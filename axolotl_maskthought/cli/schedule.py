@@ -266,6 +266,6 @@ def register(subparsers) -> None:
         type=int,
         default=COT_SAMPLE_ROWS,
         metavar="N",
-        help=f"CoT lengths from at most N training rows, a seeded random sample (default {COT_SAMPLE_ROWS}; 0 = all)",
+        help="CoT lengths from at most N training rows, a seeded random sample (default: %(default)s; 0 = all)",
     )
     parser.set_defaults(func=command)

@@ -6,16 +6,29 @@ import torch
 
 
 @torch.no_grad()
-def init_rows_to_mean(model, new_ids: list[int], existing_rows: int) -> None:
-    """Set input and output embedding rows ``new_ids`` to the mean of rows ``[0, existing_rows)``."""
-    matrices = [model.get_input_embeddings().weight]
-    output = model.get_output_embeddings()
-    if output is not None and output.weight.data_ptr() != matrices[0].data_ptr():
-        matrices.append(output.weight)
-    for weight in matrices:
-        mean = weight[:existing_rows].float().mean(dim=0).to(weight.dtype)
-        for token_id in new_ids:
-            weight[token_id] = mean
+def set_rows_to_mean(weight: torch.Tensor, new_ids: list[int], existing_rows: int) -> None:
+    """Set rows ``new_ids`` of an embedding matrix, in place, to the mean of rows ``[0, existing_rows)``.
+
+    Args:
+        weight: ``(vocab, hidden)``, the full matrix (the mean is taken in float32, written
+            in ``weight``'s dtype).
+        new_ids: rows to set, each in ``[existing_rows, vocab)``.
+        existing_rows: how many rows the vocabulary had before the new tokens.
+
+    Raises:
+        ValueError: ``weight`` is not a 2-D matrix holding every row named: a ZeRO-3
+            partitioned parameter (an empty placeholder, its shard elsewhere) must be
+            gathered first, or the mean would be taken over a shard.
+    """
+    rows = weight.shape[0] if weight.dim() == 2 else 0
+    bad = [token_id for token_id in new_ids if not existing_rows <= token_id < rows]
+    if weight.dim() != 2 or existing_rows < 1 or bad:
+        raise ValueError(
+            f"embedding weight of shape {tuple(weight.shape)}: cannot set rows {new_ids} to the mean of the "
+            f"first {existing_rows}; a partitioned (ZeRO-3) parameter must be gathered first"
+        )
+    mean = weight[:existing_rows].float().mean(dim=0).to(weight.dtype)
+    weight[new_ids] = mean
 
 
 def untrainable_embeddings(model) -> list[str]:

@@ -1,4 +1,5 @@
-"""Subprocess worker for ``test_deepspeed_e2e``: one axolotl run under DeepSpeed on the CPU.
+"""Subprocess worker for ``test_deepspeed_e2e`` and ``test_zero3_embeddings``: one rank of an
+axolotl run under DeepSpeed on the CPU.
 
 Usage::
 
@@ -24,6 +25,14 @@ What is needed to run axolotl 0.19 + DeepSpeed on a CPU-only box (one rank):
   skipped.
 * py-cpuinfo's ``get_cpu_info`` cached: ``DeepSpeedCPUAdam`` (optimizer offload) asks
   for it on construction, which takes seconds on a loaded machine.
+
+With two ranks (RANK / WORLD_SIZE / LOCAL_RANK set by the test, one process each) two more
+things: the gloo group spans both, the shared-memory kernel stays stubbed (DeepSpeed's
+collectives then go through torch.distributed), axolotl's CUDA P2P probe answers as on a
+CPU build of torch (``mp_capture``), and accelerate is told the backend is gloo: with no GPU
+it finds none and counts one process, so the Trainer's DeepSpeed batch size would miss the
+other rank ("train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step *
+world_size").
 """
 
 from __future__ import annotations
@@ -55,7 +64,7 @@ ENV = {
     "LOCAL_RANK": "0",
     "WORLD_SIZE": "1",
     "LOCAL_WORLD_SIZE": "1",
-}
+}  # defaults: test_zero3_embeddings runs two ranks
 
 
 # ---- reading the optimizer ----------------------------------------------------------
@@ -107,11 +116,105 @@ class _StepRecorder(TrainerCallback):
 
 
 class StepRecorderPlugin(BasePlugin):
-    """Keeps the trainer and records the optimizer after every step (list it after ours)."""
+    """Keeps the trainer and records the optimizer after every step (list it after ours);
+    with `masked_thought.replacement: mask_token`, the mask token's rows when training begins."""
 
     def post_trainer_create(self, cfg, trainer):
         TRAINER["trainer"] = trainer
         trainer.add_callback(_StepRecorder(trainer))
+        block = cfg.get("masked_thought") or {}
+        if block.get("replacement") == "mask_token":
+            trainer.add_callback(_MaskRowsAtTrainBegin(trainer, cfg, block.get("mask_token") or "<mask>"))
+
+
+# ---- the mask token's embedding rows under ZeRO-3 (test_zero3_embeddings) -------------------
+PARTITION_ENV = "DS_WORKER_PARTITION_EMBEDDINGS"
+SKIP_GATHER_ENV = "DS_WORKER_SKIP_GATHER"
+
+
+def _placeholder(parameter) -> bool:
+    """A ZeRO-3 parameter whose values live in shards on the ranks (its `data` is empty)."""
+    return hasattr(parameter, "ds_id") and parameter.numel() == 0
+
+
+def _partition_embeddings(model) -> None:
+    """``deepspeed.zero.Init(module=...)`` on the input and output embeddings (rank 0's
+    values are broadcast, then each rank keeps its shard)."""
+    import deepspeed
+    import torch
+
+    ds_config = {
+        "train_micro_batch_size_per_gpu": 1,
+        "train_batch_size": torch.distributed.get_world_size(),
+        "zero_optimization": {"stage": 3},
+    }
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if module is not None:
+            deepspeed.zero.Init(module=module, config_dict_or_path=ds_config, dtype=module.weight.dtype)
+
+
+class PartitionEmbeddingsPlugin(BasePlugin):
+    """Records whether the embeddings are partitioned when our plugin's `pre_lora_load`
+    writes the mask rows, and with ``DS_WORKER_PARTITION_EMBEDDINGS=1`` partitions them just
+    before: the state the plugin must handle when transformers does not hand the resized
+    embeddings back whole. It wraps that hook rather than running its own `pre_lora_load`
+    first, because hook order is registration order and axolotl 0.21 registers installed
+    plugins (ours, by its entry point) before the config's."""
+
+    def register(self, cfg):
+        from axolotl_maskthought.adapters.axolotl.plugin import MaskThoughtPlugin
+
+        original = MaskThoughtPlugin.pre_lora_load
+        if getattr(original, "wrapped_by_ds_worker", False):
+            return
+
+        def pre_lora_load(plugin, cfg, model):
+            from axolotl_maskthought.engine.embeddings import embedding_weights
+
+            RECORD["embeddings_partitioned_as_loaded"] = [_placeholder(w) for w in embedding_weights(model)]
+            if os.environ.get(PARTITION_ENV) == "1":
+                _partition_embeddings(model)
+            RECORD["embeddings_partitioned_at_write"] = [_placeholder(w) for w in embedding_weights(model)]
+            return original(plugin, cfg, model)
+
+        pre_lora_load.wrapped_by_ds_worker = True
+        MaskThoughtPlugin.pre_lora_load = pre_lora_load
+
+
+class _MaskRowsAtTrainBegin(TrainerCallback):
+    """When training begins (DeepSpeed engine built, nothing trained yet), this rank's view
+    of the mask token's input and output rows and of the mean of the base vocabulary's
+    rows, gathered from the ZeRO-3 shards."""
+
+    def __init__(self, trainer, cfg, token: str):
+        self.trainer, self.cfg, self.token = trainer, cfg, token
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import deepspeed
+        import torch
+        from transformers import AutoTokenizer
+
+        from axolotl_maskthought.engine.embeddings import embedding_weights
+
+        existing_rows = len(AutoTokenizer.from_pretrained(self.cfg["base_model"]))
+        token_id = self.trainer.processing_class.convert_tokens_to_ids(self.token)
+        matrices = []
+        for weight in embedding_weights(self.trainer.model):
+            with deepspeed.zero.GatheredParameters([weight]), torch.no_grad():
+                full = weight.detach().float().clone()
+            matrices.append(
+                {
+                    "shape": list(full.shape),
+                    "mean": full[:existing_rows].mean(dim=0).tolist(),
+                    "new_rows": [full[token_id].tolist()],
+                }
+            )
+        RECORD["mask_rows"] = {
+            "rank": torch.distributed.get_rank(),
+            "token_id": token_id,
+            "existing_rows": existing_rows,
+            "matrices": matrices,
+        }
 
 
 # ---- process setup ---------------------------------------------------------------------
@@ -153,8 +256,28 @@ def prepare_process() -> None:
 
     sft.save_preprocessed_dataset = save_in_process
 
+    if os.environ.get(SKIP_GATHER_ENV) == "1":  # the broken write test_zero3_embeddings must catch
+        import contextlib
+
+        from axolotl_maskthought.engine import embeddings
+
+        embeddings.gathered = lambda parameters: contextlib.nullcontext()
+
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if world_size > 1 and not torch.cuda.is_available():
+        from accelerate.state import DistributedType, PartialState
+        from mp_capture import _answer_p2p_probe_without_cuda  # see mp_capture.CapturePerRank.register
+
+        _answer_p2p_probe_without_cuda()
+        # accelerate finds no backend without a GPU (state.py `_prepare_backend`) and then
+        # counts one process, so the Trainer's DeepSpeed batch size misses the other ranks;
+        # gloo over the CPU, as `cpu=True` would pick, which still lets DeepSpeed take over.
+        PartialState._prepare_backend = lambda self, cpu=False, sagemaker_dp=False, backend=None: (
+            "gloo",
+            DistributedType.MULTI_CPU,
+        )
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+        torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
 
 
 def _zero_stage(trainer):

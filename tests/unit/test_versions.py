@@ -1,8 +1,9 @@
 """What the package relies on in axolotl and transformers, checked on the installed versions.
 
-CI runs the suite on both supported stacks (README "Install: two supported stacks"): the
-README's tested-with row of the stack in use must be what is installed, and setup.py's
-axolotl range must admit exactly the tested releases. The import, hook and method checks
+CI runs the suite on both supported stacks: the tested-with table's row (README.md or
+CONTRIBUTING.md) of the stack in use must be what is installed; pyproject.toml's axolotl
+requirement is a lower bound only, the lowest tested release, and the start-up check's
+tested set (adapters/axolotl/versions.py) is the table's axolotl column. The import, hook and method checks
 fail early, with the name of what moved, when the package is installed next to another axolotl.
 """
 
@@ -33,6 +34,9 @@ AXOLOTL_IMPORTS = [
 ]
 
 
+TESTED_WITH_HEADER = "| stack | Python | axolotl |"
+
+
 def _axolotl_range():
     import tomllib
 
@@ -44,13 +48,17 @@ def _axolotl_range():
 
 
 def _tested_with() -> list[dict[str, str]]:
-    """The README's tested-with table: one dict per stack, column name -> version."""
-    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    lines = [line for line in readme.splitlines() if line.startswith("| stack | Python | axolotl |")]
-    assert len(lines) == 1, "README: one tested-with table, header `| stack | Python | axolotl | ...`"
-    rows = readme.splitlines()
-    start = rows.index(lines[0])
-    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    """The tested-with table (README.md or CONTRIBUTING.md): one dict per stack, column name -> version."""
+    found = []
+    for name in ("README.md", "CONTRIBUTING.md"):
+        path = REPO_ROOT / name
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        found += [(text, line) for line in text.splitlines() if line.startswith(TESTED_WITH_HEADER)]
+    assert len(found) == 1, f"one tested-with table in README.md or CONTRIBUTING.md, header `{TESTED_WITH_HEADER} ...`"
+    text, header_line = found[0]
+    rows = text.splitlines()
+    start = rows.index(header_line)
+    header = [cell.strip() for cell in header_line.strip("|").split("|")]
     table = []
     for row in rows[start + 2 :]:
         if not row.startswith("|"):
@@ -65,20 +73,20 @@ def test_installed_axolotl_is_in_the_supported_range():
     assert version("axolotl") in _axolotl_range(), f"axolotl {version('axolotl')} outside {_axolotl_range()}"
 
 
-def test_supported_range_admits_exactly_the_tested_minor_releases():
-    from packaging.version import Version
+def test_axolotl_requirement_is_a_lower_bound_at_the_lowest_tested_release():
+    """Installing never replaces a user's axolotl (issue 18): pyproject asks only for
+    `axolotl>=<lowest tested>`, and the start-up check tests exactly the table's releases."""
+    from axolotl_maskthought.adapters.axolotl.versions import MINIMUM_AXOLOTL, TESTED_AXOLOTL
 
-    tested = {Version(row["axolotl"]).release[:2] for row in _tested_with()}
+    tested = sorted((row["axolotl"] for row in _tested_with()), key=Version)
+    assert sorted(TESTED_AXOLOTL, key=Version) == tested, (
+        f"adapters/axolotl/versions.py TESTED_AXOLOTL {TESTED_AXOLOTL} vs the tested-with table's {tested}"
+    )
     spec = _axolotl_range()
-    lowest, highest = min(tested), max(tested)
-    for minor in range(lowest[1] - 1, highest[1] + 2):
-        release = (lowest[0], minor)
-        admitted = f"{release[0]}.{release[1]}.0" in spec
-        assert admitted == (release in tested), (
-            f"setup.py's axolotl range {spec} {'admits' if admitted else 'excludes'} "
-            f"{release[0]}.{release[1]}, which the README's tested-with table "
-            f"{'does not list' if admitted else 'lists'}"
-        )
+    assert [(s.operator, s.version) for s in spec] == [(">=", tested[0])], (
+        f"pyproject's axolotl requirement `axolotl{spec}`: a lower bound only, `>={tested[0]}` (the lowest tested)"
+    )
+    assert MINIMUM_AXOLOTL == tested[0]
 
 
 def test_readme_tested_with_row_is_this_environment():

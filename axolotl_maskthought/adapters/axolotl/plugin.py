@@ -121,6 +121,9 @@ class MaskThoughtPlugin(BasePlugin):
         return "axolotl_maskthought.adapters.axolotl.args.MaskThoughtArgs"
 
     def register(self, cfg: dict):
+        from axolotl_maskthought.adapters.axolotl.versions import warn_if_untested_axolotl
+
+        warn_if_untested_axolotl()  # the earliest hook: every axolotl command passes here
         if is_active(cfg) and cfg.get("trainer_cls"):
             from axolotl_maskthought.adapters.axolotl.trainer import trainer_class
 
@@ -149,7 +152,7 @@ class MaskThoughtPlugin(BasePlugin):
             return
         from transformers import AutoTokenizer
 
-        from axolotl_maskthought.ops.embeddings import init_rows_to_mean
+        from axolotl_maskthought.engine.embeddings import init_rows_to_mean
 
         base = AutoTokenizer.from_pretrained(cfg.get("tokenizer_config") or cfg["base_model"])
         if token in base.get_vocab():
