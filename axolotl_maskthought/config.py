@@ -246,6 +246,12 @@ class CoTFormatConfig(BaseModel):
         "set (`val_set_size` split or `test_datasets`; icot/gsm8k strategies) and log "
         "`eval_accuracy_cot` and `eval_accuracy_no_cot` next to `eval_loss`. 0 = off.",
     )
+    eval_error_recovery: bool = Field(
+        default=False,
+        description="With `eval_accuracy_samples`: also log `eval_accuracy_after_error`, the accuracy when the "
+        "model continues the gold CoT after one injected error in its first half (a digit d -> (d+1) mod 10, "
+        "else any other token; seed 0), as `eval --inject-error` does: Masked Thought's recovery measure.",
+    )
     messages_field: str | None = Field(
         default=None,
         min_length=1,
@@ -280,6 +286,10 @@ class CoTFormatConfig(BaseModel):
             raise ValueError(
                 "`cot_format.prompt_template` must be `alpaca`, `plain` or a string "
                 f"containing `{{question}}`, got {self.prompt_template!r}"
+            )
+        if self.eval_error_recovery and self.eval_accuracy_samples <= 0:
+            raise ValueError(
+                "`cot_format.eval_error_recovery` scores the rows of `cot_format.eval_accuracy_samples`: set it above 0"
             )
         open_tag, close_tag = self.think_tags
         if not open_tag.strip() or not close_tag.strip() or open_tag == close_tag:
