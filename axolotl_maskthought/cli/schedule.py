@@ -256,6 +256,11 @@ def plot_schedule(
             top = (max(finite) if finite else 0) + 1
             counts = [top if row.removal_count == REMOVE_ALL else row.removal_count for row in plan.rows]
             axis.plot(steps, counts, drawstyle="steps-post", color="tab:red")
+            if plan.rows and plan.rows[0].removal_count_most is not None:  # loss gate: its two bounds
+                most = [top if row.removal_count_most == REMOVE_ALL else row.removal_count_most for row in plan.rows]
+                axis.plot(steps, most, drawstyle="steps-post", color="tab:red", linestyle="--", linewidth=0.8)
+                axis.fill_between(steps, counts, most, step="post", color="tab:red", alpha=0.15)
+                top = max(top, max(most))
             axis.set_ylabel("CoT tokens removed\n(scheduled)")
             if longest_cot:
                 axis.axhline(longest_cot, color="black", linestyle="--", linewidth=0.8)

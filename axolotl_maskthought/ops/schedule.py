@@ -230,7 +230,10 @@ def gate_opens(state: LossGateState, optimizer_step: int, min_steps: int, max_st
     (``level <= R x before``) opens without any learning whenever the shock is smaller than
     ``(R - 1) x before``, so the floor may rise by a factor R per token and the pace runs away.
     A fraction of the jump asks for evidence that the model absorbed this removal, on the scale of
-    this removal: a small shock (an easy token) clears fast, a large one (the last tokens) waits.
+    this removal: a small shock (an easy token) clears fast, a large one (the last tokens) waits,
+    and the level may rise by at most ``(1 - recovery) x jump`` per token, not by a factor. Its
+    limit: a token whose new floor sits more than ``(1 - recovery) x jump`` above the old level
+    cannot meet it and waits for ``max_steps``, which bounds the stall.
     """
     since = optimizer_step - state.changed_at
     if since < min_steps:

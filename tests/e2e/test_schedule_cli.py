@@ -277,8 +277,9 @@ def test_command_shows_the_gate_bounds(tmp_path, capsys):
         datasets=[{"path": str(data), "type": ICOT}],
         cot_removal={"loss_gate": {"min_steps": 3, "max_steps": 8}, "start_epoch": 1},
     )
-    assert cli.main(["schedule", str(config)]) == 0
+    assert cli.main(["schedule", str(config), "--plot", str(tmp_path / "g.png")]) == 0
     out = capsys.readouterr().out
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "loss-gated from step 10" in out and "after 3 to 8 optimizer steps per token" in out
     table = {line.split()[0]: line.split() for line in out.split("\n\n")[1].splitlines()[1:]}
     assert table["12"][4] == "0" and table["13"][4] == "0-1" and table["18"][4] == "1-2" and table["29"][4] == "2-6"

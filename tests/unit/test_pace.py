@@ -216,3 +216,12 @@ def test_block_survives_axolotls_round_trip(block):
     config = CoTRemovalConfig(**block)
     again = CoTRemovalConfig(**config.model_dump(exclude_none=True))
     assert again == config and again.pace == config.pace
+
+
+def test_start_step_after_the_last_step_is_refused_before_the_model_loads():
+    from axolotl_maskthought.adapters.axolotl.validation import check_config
+
+    data = {"datasets": [{"path": "x.txt", "type": "axolotl_maskthought.strategies.icot"}], "max_steps": 100}
+    with pytest.raises(ValueError, match=r"`cot_removal.start_step: 100` with `max_steps: 100`"):
+        check_config({**data, "cot_removal": {"steps_per_token": 5, "start_step": 100}})
+    check_config({**data, "cot_removal": {"steps_per_token": 5, "start_step": 99, "reset_optimizer": False}})
