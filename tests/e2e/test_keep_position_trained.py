@@ -8,10 +8,14 @@ extends the exact training layout: the rows as ``ops.removal.remove_cot`` leaves
 position ids and an attention mask. The package's three entry points must give the same answers.
 
 Why the earlier `keep_position` arm scored 0.000 (bench/RESULTS.md section 6): `bench/si_sweep.py`'s
-decoder calls the model with ``position_ids`` and no ``attention_mask``. transformers (>= 4.5x,
-``masking_utils.find_packed_sequence_indices``) then reads every jump in the position ids as the start
-of another packed sequence; the kept positions jump over the removed CoT, so the answer could not
-attend to the question. The last test shows the effect on the same model.
+decoder calls the model with ``position_ids`` and no ``attention_mask``, right after the HF Trainer
+trained it. transformers 5 (``masking_utils._preprocess_mask_arguments``) then infers packed sequences
+from the position ids whenever there is no attention mask and no cache, and the Trainer leaves
+``model.config.use_cache = args.use_cache`` (False), so there is no cache: every jump in the position
+ids starts "another sequence". The kept positions jump over the removed CoT, so the answer could not
+attend to the question. (The issue's probe decodes the same way but its model never went through the
+Trainer: use_cache stays True, a cache exists, and the inference is skipped.) The package's generation
+always passes an attention mask. The last test shows the effect on the same model.
 """
 
 from __future__ import annotations
@@ -144,6 +148,7 @@ def test_a_decoder_without_attention_mask_loses_the_question(trained):
     splits the row at the kept positions' jump (a "packed" second sequence) and the answer cannot see
     the question. Same model, same positions, only the mask differs."""
     trainer, model, tokenizer, rows, _ = trained
+    assert model.config.use_cache is False  # what the Trainer leaves: no cache, so no escape from the inference
     with_mask = training_layout_answers(model, tokenizer, rows)
     without = training_layout_answers(model, tokenizer, rows, attention_mask=False)
     right = lambda answers: sum(_answer_text(tokenizer, a) == e.answer for a, e in zip(answers, EXAMPLES))  # noqa: E731
