@@ -55,6 +55,11 @@ def run_eval(args) -> int:
         raise CommandError("eval needs a MODEL directory or --config CFG.yml")
     if args.keep_position and not args.no_cot:
         raise CommandError("--keep-position shifts the positions of no-CoT prompts: it needs --no-cot")
+    if args.inject_error:
+        if args.no_cot:
+            raise CommandError("--inject-error corrupts the model's CoT: it cannot be combined with --no-cot")
+        if args.backend != "transformers":
+            raise CommandError("--inject-error feeds a corrupted CoT prefix: use --backend transformers")
     resolved = _resolve(args)
     settings, fmt = resolved["settings"], resolved["format"]
     examples = load_examples(args.data, fmt, resolved["cot_format"], limit=args.limit)
@@ -92,6 +97,22 @@ def run_eval(args) -> int:
         keep_position=keep_position,
     )
     predictions = result.pop("predictions")
+    recovery = None
+    if args.inject_error:
+        from axolotl_maskthought.eval.error_injection import evaluate_error_recovery
+
+        recovery = evaluate_error_recovery(
+            model,
+            tokenizer,
+            examples,
+            fmt,
+            resolved["template"],
+            args.error_seed,
+            args.inject_error,
+            args.batch_size,
+            args.max_new_tokens,
+            progress=not args.no_progress,
+        )
     summary = {
         **result,
         "model": str(model_path),
@@ -112,8 +133,21 @@ def run_eval(args) -> int:
     note = no_answer_note(predictions, fmt, args.no_cot)
     if note:
         print(note)
+    if recovery is not None:
+        error_rows = recovery.pop("predictions")
+        rules = ", ".join(f"{count} by {name}" for name, count in recovery["rules"].items() if count)
+        print(
+            f"after one injected CoT error (first half of the CoT, seed {args.error_seed}; {rules or 'none'}"
+            + (f"; {recovery['skipped']} examples without CoT skipped" if recovery["skipped"] else "")
+            + f"): {summary_line(recovery)}"
+        )
+        print(f"recovery: accuracy {recovery['accuracy']:.4f} after the error against {summary['accuracy']:.4f} clean")
+        summary["after_error"] = {**recovery, "rule": args.inject_error, "seed": args.error_seed}
     if args.output:
         print(f"wrote {write_results(args.output, predictions, summary)}/{{predictions.jsonl,summary.json}}")
+        if recovery is not None:
+            write_results(Path(args.output) / "after_error", error_rows, summary["after_error"])
+            print(f"wrote {Path(args.output) / 'after_error'}/{{predictions.jsonl,summary.json}}")
     return 0
 
 
@@ -165,6 +199,20 @@ def register(subparsers) -> None:
         "--keep-position",
         action="store_true",
         help="with --no-cot: number positions as `cot_removal.keep_position` trained them (default: from --config)",
+    )
+    evaluate.add_argument(
+        "--inject-error",
+        nargs="?",
+        const="digit",
+        choices=("digit", "token"),
+        metavar="RULE",
+        help="also score the answer after one error in the gold CoT prefix (Masked Thought's recovery test): a "
+        "seeded token in the CoT's first half replaced, digit d -> (d+1) mod 10 (`digit`, the default; examples "
+        "without a digit token there fall back to `token`) or any other base-vocabulary token (`token`); the model "
+        "continues greedily",
+    )
+    evaluate.add_argument(
+        "--error-seed", type=int, default=0, help="seed of --inject-error's positions and tokens (default: %(default)s)"
     )
     evaluate.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default: %(default)s)")
     evaluate.add_argument(

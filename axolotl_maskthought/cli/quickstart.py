@@ -5,12 +5,16 @@ problems in the ICoT format, fine-tunes through axolotl with this plugin (one
 run per method, same model, data and optimizer steps), scores each on held-out
 problems and says, from those numbers, whether the technique beat its baseline.
 
-* default: Masked Thought against plain CoT fine-tuning (SFT), both answering
-  with their chain of thought, on few training problems seen for many epochs
-  (where SFT overfits and the regulariser has something to do);
-* ``--long``: Stepwise Internalization against no-CoT training of the same model
-  for the same steps, both answering with NO chain of thought;
-* ``--quick``: both comparisons at toy size (a pipeline check, not a result).
+* default: Stepwise Internalization (keep_position, smoothing λ 4, optimizer reset,
+  a pace in optimizer steps) against no-CoT training of the same model for the same
+  optimizer steps on 2x2 multiplication, both answering with NO chain of thought; the
+  two arms train side by side, one process per core (``--jobs 1``: one after the other);
+* ``--long``: the same comparison on 3x3, the recipe of
+  ``examples/yaml/cpu_multiplication_icot_si.yml`` (much longer);
+* ``--mft``: Masked Thought against plain CoT fine-tuning (SFT), both answering
+  with their chain of thought, scored clean and after one injected CoT error
+  (``eval --inject-error``), on few training problems seen for many epochs;
+* ``--quick``: the default's and ``--mft``'s code paths at toy size (a pipeline check, not a result).
 
 Prints progress, a table and the verdict; writes ``results.json`` (before
 anything optional), ``quickstart.png`` (loss and held-out accuracy against the
@@ -28,7 +32,7 @@ import sys
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
-from axolotl_maskthought.toy.experiment import FULL, LONG, QUICK, format_table, plot, run
+from axolotl_maskthought.toy.experiment import LONG, MFT, QUICK, WIN_2X2, format_table, plot, run
 
 
 @contextmanager
@@ -66,9 +70,12 @@ def _quiet(log_path: Path, verbose: bool):
 
 # ---- command ------------------------------------------------------------------------------
 def command(args: argparse.Namespace) -> int:
-    if args.quick and args.long:
-        raise ValueError("--quick and --long are different runs: choose one")
-    comparisons = QUICK if args.quick else [LONG] if args.long else [FULL]
+    chosen = [flag for flag in ("quick", "long", "mft") if getattr(args, flag)]
+    if len(chosen) > 1:
+        raise ValueError(f"{' and '.join('--' + flag for flag in chosen)} are different runs: choose one")
+    comparisons = QUICK if args.quick else [LONG] if args.long else [MFT] if args.mft else [WIN_2X2]
+    if args.jobs not in (1, 2):
+        raise ValueError(f"--jobs must be 1 (one arm after the other) or 2 (side by side), got {args.jobs}")
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     if args.threads < 1:
@@ -76,6 +83,7 @@ def command(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    os.environ["MASKTHOUGHT_QUICKSTART_THREADS"] = str(args.threads)  # the arms' worker processes
     log_path = output / "train.log"
     print(
         f"quickstart{' --quick (a pipeline check, not a result)' if args.quick else ''}: "
@@ -83,7 +91,7 @@ def command(args: argparse.Namespace) -> int:
         flush=True,
     )
     with _quiet(log_path, args.verbose) as terminal:
-        summary = run(output, comparisons, seed=args.seed, terminal=terminal)
+        summary = run(output, comparisons, seed=args.seed, terminal=terminal, jobs=args.jobs)
     for comparison in summary["comparisons"]:
         print(f"\n{comparison['title']} ({comparison['task']}, seed {summary['seed']}, greedy decoding):")
         print(format_table(comparison["results"]))
@@ -106,8 +114,9 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "quickstart",
         help="train tiny models with and without a technique, on this CPU, and say whether it helped",
-        description=__doc__.split("\n\n")[1] + " Default: Masked Thought vs SFT; --long: Stepwise "
-        "Internalization vs no-CoT training; --quick: both at toy size."
+        description=__doc__.split("\n\n")[1] + " Default: Stepwise Internalization vs no-CoT training on 2x2 "
+        "multiplication; --long: the same on 3x3; --mft: Masked Thought vs SFT, clean and after one injected CoT "
+        "error; --quick: toy size."
         if __doc__
         else None,
     )
@@ -120,8 +129,20 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--long",
         action="store_true",
-        help="Stepwise Internalization vs no-CoT training (the recipe of "
+        help="Stepwise Internalization vs no-CoT training on 3x3 (the recipe of "
         "examples/yaml/cpu_multiplication_icot_si.yml; much longer)",
+    )
+    parser.add_argument(
+        "--mft",
+        action="store_true",
+        help="Masked Thought vs SFT, answering with CoT: clean accuracy and accuracy after one injected CoT error",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        metavar="N",
+        help="2: the two arms train side by side, one process each; 1: one after the other (default: %(default)s)",
     )
     parser.add_argument(
         "--seed", type=int, default=42, help="training seed: data order, masks, removal offsets (default: %(default)s)"

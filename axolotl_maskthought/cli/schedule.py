@@ -43,6 +43,12 @@ def _notes_for(plan: SchedulePlan, previous: ScheduleRow | None, row: ScheduleRo
     from axolotl_maskthought.ops.schedule import REMOVE_ALL
 
     notes = []
+    if row.removal_count_most is not None:  # loss gate: a range, no single change point
+        if previous is not None and row.removal_count_most != previous.removal_count_most:
+            notes.append(f"token {show_count(row.removal_count_most)} at the earliest")
+        if previous is not None and row.removal_count != previous.removal_count:
+            notes.append(f"token {show_count(row.removal_count)} at the latest")
+        return ", ".join(notes)
     if previous is not None and row.removal_count != previous.removal_count:
         if row.removal_count == REMOVE_ALL:
             notes.append("whole CoT removed from here on")
@@ -67,6 +73,52 @@ def table_rows(plan: SchedulePlan) -> list[ScheduleRow]:
     return [row for row in plan.rows if row.step in keep]
 
 
+def show_removed(row: ScheduleRow) -> str:
+    """The table's CoT-removed cell: the count, or the gate's ``fewest-most`` range."""
+    if row.removal_count_most is None or row.removal_count_most == row.removal_count:
+        return show_count(row.removal_count)
+    return f"{show_count(row.removal_count)}-{show_count(row.removal_count_most)}"
+
+
+def gate_bounds(plan: SchedulePlan, tokens: int | None = None) -> list[tuple[int, int, int | None]]:
+    """(token, earliest step, latest step) at which a loss-gated pace removes each token.
+
+    ``tokens``: how many to list (default: as many as can go within the run). Steps beyond the
+    run are None for the latest bound; tokens that cannot go even at the earliest are left out.
+    """
+    from axolotl_maskthought.adapters.axolotl.plan import removal_start
+
+    removal = plan.cot_removal
+    gate, start, last = removal.loss_gate, removal_start(removal, plan.shape), plan.shape.max_steps - 1
+    if tokens is None:
+        tokens = max(0, (last - start) // gate.min_steps)
+    if removal.remove_all_at is not None:
+        tokens = min(tokens, removal.remove_all_at)
+    bounds = []
+    for token in range(1, tokens + 1):
+        earliest, latest = start + token * gate.min_steps, start + token * gate.max_steps
+        if earliest > last:
+            break
+        bounds.append((token, earliest, latest if latest <= last else None))
+    return bounds
+
+
+def format_gate_bounds(plan: SchedulePlan, tokens: int | None = None) -> str:
+    """The per-token bounds of a loss-gated pace as text (token k, earliest, latest step)."""
+    removal = plan.cot_removal
+    rows = gate_bounds(plan, tokens)
+    lines = [
+        f"loss_gate bounds: token k goes between step start + k x {removal.loss_gate.min_steps} (earliest) and "
+        f"start + k x {removal.loss_gate.max_steps} (latest); 'after the run' = the run may end first"
+    ]
+    if removal.remove_all_at is not None:
+        lines.append(f"  the whole CoT goes with token {removal.remove_all_at}")
+    lines.append("  token  earliest  latest")
+    for token, earliest, latest in rows:
+        lines.append(f"  {token:>5}  {earliest:>8}  {'after the run' if latest is None else latest:>6}")
+    return "\n".join(lines)
+
+
 def format_table(plan: SchedulePlan) -> str:
     header = ("step", "epoch", "micro-batch", "mask rate", "CoT removed", "")
     lines = [header]
@@ -79,7 +131,7 @@ def format_table(plan: SchedulePlan) -> str:
                 str(row.epoch),
                 str(row.first_micro_batch),
                 rate,
-                show_count(row.removal_count),
+                show_removed(row),
                 _notes_for(plan, by_step.get(row.step - 1), row),
             )
         )
@@ -113,7 +165,27 @@ def describe(plan: SchedulePlan, config_path: str | None = None) -> str:
             + (f"; full rate from step {full}" if full is not None else "; never reaches the full rate")
         )
     removal = plan.cot_removal
-    if removal is not None:
+    if removal is not None and removal.pace != "tokens_per_epoch":
+        from axolotl_maskthought.adapters.axolotl.plan import removal_start
+
+        start = removal_start(removal, shape)
+        if removal.pace == "steps_per_token":
+            text = f"cot_removal: one more token every {removal.steps_per_token} optimizer steps from step {start}"
+        else:
+            gate = removal.loss_gate
+            text = (
+                f"cot_removal: loss-gated from step {start}: the next token goes once the averaged training loss "
+                f"has recovered {gate.recovery:g} of the last removal's jump, after {gate.min_steps} to "
+                f"{gate.max_steps} optimizer steps per token (EMA decay {gate.ema_beta:g})"
+            )
+        text += f", side {removal.side}"
+        if removal.remove_all_at is not None:
+            text += f", whole CoT once {removal.remove_all_at} are removed"
+        text += "; optimizer reset at each increase" if removal.reset_optimizer else "; no optimizer reset"
+        lines.append(text)
+        if start:
+            lines.append(f"  steps 0-{start - 1} train on the full CoT: nothing removed, no smoothing")
+    elif removal is not None:
         interval = steps_per_removed_token(shape.micro_batches_per_epoch, removal.tokens_per_epoch)
         text = (
             f"cot_removal: {removal.tokens_per_epoch} tokens per epoch -> one more every {interval} "
@@ -133,6 +205,7 @@ def describe(plan: SchedulePlan, config_path: str | None = None) -> str:
         lines.append(text)
         if removal.start_epoch:
             lines.append(f"  epochs 1-{removal.start_epoch} train on the full CoT: nothing removed, no smoothing")
+    if removal is not None:
         if removal.smoothing_lambda is not None:
             probs = smoothing_distribution(removal.smoothing_lambda)
             mean = sum(offset * float(p) for offset, p in enumerate(probs))
@@ -140,7 +213,7 @@ def describe(plan: SchedulePlan, config_path: str | None = None) -> str:
                 f"  smoothing lambda {removal.smoothing_lambda}: each example drops 0-{SMOOTHING_SUPPORT - 1} "
                 f"extra tokens (mean {mean:.3f}, P(0) = {float(probs[0]):.3f}) on top of the count below"
             )
-        final = show_count(plan.rows[-1].removal_count if plan.rows else 0)
+        final = show_removed(plan.rows[-1]) if plan.rows else "0"
         lines.append(
             "  at the last step: "
             + (
@@ -183,6 +256,11 @@ def plot_schedule(
             top = (max(finite) if finite else 0) + 1
             counts = [top if row.removal_count == REMOVE_ALL else row.removal_count for row in plan.rows]
             axis.plot(steps, counts, drawstyle="steps-post", color="tab:red")
+            if plan.rows and plan.rows[0].removal_count_most is not None:  # loss gate: its two bounds
+                most = [top if row.removal_count_most == REMOVE_ALL else row.removal_count_most for row in plan.rows]
+                axis.plot(steps, most, drawstyle="steps-post", color="tab:red", linestyle="--", linewidth=0.8)
+                axis.fill_between(steps, counts, most, step="post", color="tab:red", alpha=0.15)
+                top = max(top, max(most))
             axis.set_ylabel("CoT tokens removed\n(scheduled)")
             if longest_cot:
                 axis.axhline(longest_cot, color="black", linestyle="--", linewidth=0.8)
@@ -234,6 +312,9 @@ def command(args: argparse.Namespace) -> int:
             report = cot_report(plan, config, found.lengths, args.dataset_size, args.micro_batches_per_epoch)
             print(f"CoT lengths: {found.note}")
             print("\n".join(report.lines()))
+    if plan.cot_removal is not None and plan.cot_removal.loss_gate is not None:
+        print()
+        print(format_gate_bounds(plan, report.lengths.maximum if report is not None else None))
     if args.plot:
         longest = report.lengths.maximum if report is not None else None
         print(f"\nplot: {plot_schedule(plan, args.plot, title=Path(args.config).name, longest_cot=longest)}")

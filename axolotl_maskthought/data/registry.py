@@ -53,7 +53,14 @@ DATASET_TYPES = (
         files="JSON lines or one JSON array of objects (question/answer fields from `cot_format`)",
         suffixes=(".jsonl", ".json"),
         cot_format_keys=frozenset(
-            {"prompt_template", "question_field", "answer_field", "skip_invalid_rows", "eval_accuracy_samples"}
+            {
+                "prompt_template",
+                "question_field",
+                "answer_field",
+                "skip_invalid_rows",
+                "eval_accuracy_samples",
+                "eval_error_recovery",
+            }
         ),
     ),
     DatasetType(
@@ -62,7 +69,7 @@ DATASET_TYPES = (
         cot_span="the tokens strictly between the two EOS separators of `question||cot #### answer`",
         files="text lines `question||cot #### answer`, one row `{text: line}` each",
         suffixes=(".txt",),
-        cot_format_keys=frozenset({"skip_invalid_rows", "eval_accuracy_samples"}),
+        cot_format_keys=frozenset({"skip_invalid_rows", "eval_accuracy_samples", "eval_error_recovery"}),
     ),
     DatasetType(
         name="chat_template",

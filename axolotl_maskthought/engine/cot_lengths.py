@@ -228,6 +228,8 @@ def cot_left_report(
         in_full_cot_epochs,
         optimizer_step_count,
         smoothing_distribution,
+        start_optimizer_step,
+        step_pace_count,
     )
 
     if max_steps < 1 or micro_batches_per_epoch < 1 or gradient_accumulation_steps < 1:
@@ -238,16 +240,35 @@ def cot_left_report(
     summary = LengthSummary.of(lengths)
     longest = summary.maximum
     removal = cot_removal
+    # a pace in optimizer steps; a loss gate is judged by its latest bound (what it removes for sure)
+    step_pace = removal.loss_gate.max_steps if removal.loss_gate is not None else removal.steps_per_token
+    step_pace_key = (
+        "cot_removal.loss_gate.max_steps" if removal.loss_gate is not None else "cot_removal.steps_per_token"
+    )
+
+    def full_cot(
+        step: int, start_epoch: int = removal.start_epoch, start_step: int | None = removal.start_step
+    ) -> bool:
+        if step_pace is not None:
+            return step < start_optimizer_step(
+                gradient_accumulation_steps, micro_batches_per_epoch, start_epoch, start_step
+            )
+        first = first_micro_batch(step, gradient_accumulation_steps, micro_batches_per_epoch)
+        return in_full_cot_epochs(first, micro_batches_per_epoch, start_epoch)
 
     def count_at(
         step: int,
-        tokens_per_epoch: float = removal.tokens_per_epoch,
+        tokens_per_epoch: float | None = removal.tokens_per_epoch,
         remove_all_at: int | None = removal.remove_all_at,
         start_epoch: int = removal.start_epoch,
+        steps_per_token: int | None = step_pace,
+        start_step: int | None = removal.start_step,
     ) -> int:
-        first = first_micro_batch(step, gradient_accumulation_steps, micro_batches_per_epoch)
-        if in_full_cot_epochs(first, micro_batches_per_epoch, start_epoch):
+        if full_cot(step, start_epoch, start_step):
             return 0
+        if steps_per_token is not None:
+            start = start_optimizer_step(gradient_accumulation_steps, micro_batches_per_epoch, start_epoch, start_step)
+            return step_pace_count(step, steps_per_token, start, remove_all_at)
         return optimizer_step_count(
             step, gradient_accumulation_steps, micro_batches_per_epoch, tokens_per_epoch, start_epoch, remove_all_at
         )
@@ -260,15 +281,7 @@ def cot_left_report(
     left = [length for length in lengths if final_count != REMOVE_ALL and length > final_count]
     smoothed = None
     lam = removal.smoothing_lambda
-    smoothing_on = (
-        lam is not None
-        and math.isfinite(lam)
-        and not in_full_cot_epochs(
-            first_micro_batch(final_step, gradient_accumulation_steps, micro_batches_per_epoch),
-            micro_batches_per_epoch,
-            removal.start_epoch,
-        )
-    )
+    smoothing_on = lam is not None and math.isfinite(lam) and not full_cot(final_step)
     if smoothing_on and final_count != REMOVE_ALL and lengths:
         cdf = smoothing_distribution(lam).cumsum(0).tolist()  # P(o <= k)
         # CoT left when count + o < length, i.e. o <= length - count - 1 (offsets stop at 99)
@@ -278,14 +291,23 @@ def cot_left_report(
     target = final_step - max(0, math.ceil(NO_COT_TAIL * max_steps) - 1)  # cleared from here to the end
     fixes: list[Fix] = []
     if left:
-        # a faster pace (integer Δ), at most one token per micro-batch
-        pace = _smallest(
-            lambda delta: clears(count_at(target, tokens_per_epoch=delta)),
-            math.floor(removal.tokens_per_epoch),
-            micro_batches_per_epoch,
-        )
-        if pace is not None:
-            fixes.append(Fix("cot_removal.tokens_per_epoch", pace, removal.tokens_per_epoch))
+        if step_pace is not None:
+            # a faster pace: the most optimizer steps per token that still clear
+            too_slow = _smallest(lambda steps: not clears(count_at(target, steps_per_token=steps)), 0, step_pace)
+            if too_slow is not None and too_slow > 1:
+                note = ""
+                if removal.loss_gate is not None and too_slow - 1 < removal.loss_gate.min_steps:
+                    note = f", with `cot_removal.loss_gate.min_steps` at most {too_slow - 1}"
+                fixes.append(Fix(step_pace_key, too_slow - 1, step_pace, note))
+        else:
+            # a faster pace (integer Δ), at most one token per micro-batch
+            pace = _smallest(
+                lambda delta: clears(count_at(target, tokens_per_epoch=delta)),
+                math.floor(removal.tokens_per_epoch),
+                micro_batches_per_epoch,
+            )
+            if pace is not None:
+                fixes.append(Fix("cot_removal.tokens_per_epoch", pace, removal.tokens_per_epoch))
         # a longer run at the same pace: cleared with the tail to spare
         cleared_at = _smallest(lambda step: clears(count_at(step)), final_step)
         needed = _smallest(lambda steps: steps - cleared_at >= math.ceil(NO_COT_TAIL * steps), cleared_at)
@@ -300,7 +322,11 @@ def cot_left_report(
         reached = count_at(target)
         if reached >= 1:
             fixes.append(Fix("cot_removal.remove_all_at", reached, removal.remove_all_at))
-        # fewer full-CoT epochs first
+        # an earlier start
+        if removal.start_step:
+            late = _smallest(lambda start: not clears(count_at(target, start_step=start)), -1, removal.start_step)
+            if late is not None and late > 0:
+                fixes.append(Fix("cot_removal.start_step", late - 1, removal.start_step))
         starts = [
             start for start in range(removal.start_epoch - 1, -1, -1) if clears(count_at(target, start_epoch=start))
         ]

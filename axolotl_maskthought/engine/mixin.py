@@ -15,6 +15,7 @@ transformed in ``prediction_step``, before transformers counts their labels.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -29,13 +30,19 @@ from axolotl_maskthought.engine.metrics import DeviceMetrics
 from axolotl_maskthought.ops.masking import make_generator, mask_rate, mask_thought, step_seed
 from axolotl_maskthought.ops.removal import cot_flags, remove_cot
 from axolotl_maskthought.ops.schedule import (
+    REMOVE_ALL,
+    LossGateState,
     first_micro_batch,
-    in_full_cot_epochs,
+    gate_advance,
+    gate_observe,
+    gate_opens,
     logged_count,
     optimizer_step_count,
     should_reset_optimizer,
     show_count,
     smoothing_distribution,
+    start_optimizer_step,
+    step_pace_count,
 )
 
 LOG = logging.getLogger("axolotl.maskthought")
@@ -73,7 +80,9 @@ class MaskThoughtMixin:
     Logged with the training loss: ``masked_thought/rate``,
     ``masked_thought/masked_fraction``, ``cot_removal/scheduled`` (-1 = whole CoT),
     ``cot_removal/removed_tokens_mean``, ``cot_removal/no_cot_fraction``,
-    ``cot_removal/optimizer_reset``.
+    ``cot_removal/optimizer_reset``; with ``loss_gate`` also ``cot_removal/gate_loss`` (the
+    stage's averaged training loss the gate decided on) and ``cot_removal/gate_threshold``
+    (the level it waits for; absent before the first removal).
     """
 
     def __init__(self, *args, masked_thought=None, cot_removal=None, **kwargs):
@@ -89,6 +98,8 @@ class MaskThoughtMixin:
         self.count_in_force = 0
         self.all_cot_removed_last_batch: torch.Tensor | bool = False
         self.applied_counts: dict[int, int] = {}  # optimizer step -> count in force
+        self.gate_state: LossGateState | None = None  # loss_gate pace: where the gate stands
+        self._pending_step_loss: torch.Tensor | None = None  # this optimizer step's loss, not yet folded
         self.maskthought_metrics = DeviceMetrics()
         self._smoothing_probs: torch.Tensor | None = None
         self._replacement_id: int | None = None
@@ -183,11 +194,39 @@ class MaskThoughtMixin:
         self.micro_batches_per_epoch = int(batches.item())
         return dataloader
 
+    def removal_start_step(self) -> int:
+        """First optimizer step of the removal phase (a pace in optimizer steps)."""
+        config = self.cot_removal
+        return start_optimizer_step(
+            self.args.gradient_accumulation_steps, self.micro_batches_per_epoch, config.start_epoch, config.start_step
+        )
+
+    def in_full_cot_phase(self, optimizer_step: int) -> bool:
+        """True while nothing is removed yet and smoothing is off (``start_epoch`` / ``start_step``)."""
+        config = self.cot_removal
+        if config.pace == "tokens_per_epoch":
+            first = first_micro_batch(
+                optimizer_step, self.args.gradient_accumulation_steps, self.micro_batches_per_epoch
+            )
+            return first < config.start_epoch * self.micro_batches_per_epoch
+        return optimizer_step < self.removal_start_step()
+
     def removal_count(self, optimizer_step: int) -> int:
-        """The removal count in force at ``optimizer_step`` (:data:`REMOVE_ALL` = whole CoT)."""
+        """The removal count in force at ``optimizer_step`` (:data:`REMOVE_ALL` = whole CoT).
+
+        With ``loss_gate`` the count depends on the losses seen so far: this is the gate's
+        count now, whatever the step.
+        """
         config = self.cot_removal
         if optimizer_step < 0:
             return 0
+        if config.pace == "loss_gate":
+            gated = self.gate_state.count if self.gate_state is not None else 0
+            return REMOVE_ALL if config.remove_all_at is not None and gated >= config.remove_all_at else gated
+        if config.pace == "steps_per_token":
+            return step_pace_count(
+                optimizer_step, config.steps_per_token, self.removal_start_step(), config.remove_all_at
+            )
         return optimizer_step_count(
             optimizer_step,
             self.args.gradient_accumulation_steps,
@@ -197,9 +236,48 @@ class MaskThoughtMixin:
             config.remove_all_at,
         )
 
+    # ---- loss gate -------------------------------------------------------------------
+    def training_step(self, model, inputs, *args, **kwargs):
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        if self.cot_removal is not None and self.cot_removal.loss_gate is not None:
+            # Summed over the micro-batches of the step, as the Trainer sums what it logs as `loss`.
+            loss = loss.detach()
+            self._pending_step_loss = loss if self._pending_step_loss is None else self._pending_step_loss + loss
+        return loss
+
+    def _fold_step_loss(self) -> None:
+        """Fold the finished step's loss into the gate: averaged over ranks, so every rank decides alike."""
+        pending, self._pending_step_loss = self._pending_step_loss, None
+        if self.gate_state is None:
+            self.gate_state = LossGateState(changed_at=self.removal_start_step())
+        if pending is None:
+            return
+        value = pending.detach().float().reshape(1).to(self.args.device)
+        if _distributed():
+            torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.SUM)
+            value = value / torch.distributed.get_world_size()
+        self.gate_state = gate_observe(self.gate_state, float(value.item()), self.cot_removal.loss_gate.ema_beta)
+
+    def _advance_gate(self, step: int) -> None:
+        """Fold the last step's loss, then remove one more token at ``step`` if the gate opens."""
+        gate = self.cot_removal.loss_gate
+        self._fold_step_loss()
+        level, threshold = self.gate_state.level, self.gate_state.threshold(gate.recovery)  # what it decides on
+        if gate_opens(self.gate_state, step, gate.min_steps, gate.max_steps, gate.recovery):
+            self.gate_state = gate_advance(self.gate_state, step)
+        if level is not None:
+            self.maskthought_metrics.add("cot_removal/gate_loss", level)
+        if threshold is not None:
+            self.maskthought_metrics.add("cot_removal/gate_threshold", threshold)
+
     def _begin_optimizer_step(self, step: int) -> None:
-        count = self.removal_count(step)
-        previous = self.removal_count(step - 1) if step > 0 else 0
+        if self.cot_removal.pace == "loss_gate":
+            previous = self.removal_count(step)
+            self._advance_gate(step)
+            count = self.removal_count(step)
+        else:
+            count = self.removal_count(step)
+            previous = self.removal_count(step - 1) if step > 0 else 0
         if self.cot_removal.reset_optimizer and count > previous:
             # The only host sync of a removal step, and only when the count grows.
             all_removed = torch.as_tensor(self.all_cot_removed_last_batch, device=self.args.device).int()
@@ -244,8 +322,7 @@ class MaskThoughtMixin:
         if self.cot_removal is not None:
             if cot_mask is None:
                 raise ValueError("`cot_removal` needs the `cot_mask` column; the batch has none")
-            first = first_micro_batch(step, self.args.gradient_accumulation_steps, self.micro_batches_per_epoch)
-            if in_full_cot_epochs(first, self.micro_batches_per_epoch, self.cot_removal.start_epoch):
+            if self.in_full_cot_phase(step):
                 self.all_cot_removed_last_batch = False
             else:
                 generator = make_generator(
@@ -404,9 +481,23 @@ class MaskThoughtMixin:
                 state = json.load(handle)
             self.all_cot_removed_last_batch = bool(state.get("all_cot_removed_last_batch", False))
             self.count_in_force = int(state.get("count_in_force", 0))
+            if state.get("loss_gate") is not None:
+                self.gate_state = LossGateState(**state["loss_gate"])
+
+    def maskthought_state(self) -> dict:
+        """What ``maskthought_state.json`` holds: enough to resume the schedule exactly."""
+        state = {
+            "count_in_force": self.count_in_force,
+            "all_cot_removed_last_batch": bool(self.all_cot_removed_last_batch),
+        }
+        if self.gate_state is not None:
+            state["loss_gate"] = dataclasses.asdict(self.gate_state)
+        return state
 
     def _save_checkpoint(self, model, trial, *args, **kwargs):
         super()._save_checkpoint(model, trial, *args, **kwargs)
+        if self.cot_removal is not None and self.cot_removal.loss_gate is not None:
+            self._fold_step_loss()  # every rank saves: the checkpointed step's loss goes in the state
         if self.cot_removal is None or not self.args.should_save:
             return
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -414,10 +505,4 @@ class MaskThoughtMixin:
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if os.path.isdir(folder):
             with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as handle:
-                json.dump(
-                    {
-                        "count_in_force": self.count_in_force,
-                        "all_cot_removed_last_batch": bool(self.all_cot_removed_last_batch),
-                    },
-                    handle,
-                )
+                json.dump(self.maskthought_state(), handle)

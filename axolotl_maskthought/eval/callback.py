@@ -5,7 +5,10 @@ the callback generates greedily on the first N rows of the trainer's evaluation
 set (the ``val_set_size`` split or ``test_datasets``) and logs
 ``eval_accuracy_cot`` (the model writes its chain of thought) and
 ``eval_accuracy_no_cot`` (the prompt ends where the answer begins) at the same
-step as ``eval_loss``, so wandb / tensorboard plot them side by side.
+step as ``eval_loss``, so wandb / tensorboard plot them side by side. With
+``cot_format.eval_error_recovery`` also ``eval_accuracy_after_error``: the model
+continues the gold CoT after one injected error
+(:mod:`axolotl_maskthought.eval.error_injection`, digit rule, seed 0).
 
 The evaluation rows are tokenized already; they are turned back into
 question / CoT / answer by decoding the spans the strategies recorded, then
@@ -25,6 +28,7 @@ from axolotl_maskthought.data.registry import EVAL_FORMATS, dataset_entries
 LOG = logging.getLogger("axolotl.maskthought")
 METRIC_COT = "eval_accuracy_cot"
 METRIC_NO_COT = "eval_accuracy_no_cot"
+METRIC_AFTER_ERROR = "eval_accuracy_after_error"
 
 
 # ---- examples from tokenized rows ------------------------------------------------
@@ -139,9 +143,11 @@ class AnswerAccuracyCallback(TrainerCallback):
         max_new_tokens: int = 64,
         batch_size: int = 32,
         keep_position: bool = False,
+        error_recovery: bool = False,
     ):
         self.trainer = trainer
         self.keep_position = keep_position
+        self.error_recovery = error_recovery
         self.examples = list(examples)
         self.fmt, self.template = fmt, template
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
@@ -153,9 +159,10 @@ class AnswerAccuracyCallback(TrainerCallback):
             trainer.add_evaluation_metrics(self)
 
     def accuracies(self, model) -> dict[str, float]:
-        """``{"accuracy_cot": ..., "accuracy_no_cot": ...}`` on this callback's rows."""
+        """``{"accuracy_cot": ..., "accuracy_no_cot": ...}`` on this callback's rows (and
+        ``accuracy_after_error`` with ``error_recovery``)."""
         tokenizer = self.trainer.processing_class
-        return {
+        values = {
             METRIC_COT.removeprefix("eval_"): answer_accuracy(
                 model, tokenizer, self.examples, self.fmt, self.template, False, self.batch_size, self.max_new_tokens
             ),
@@ -171,6 +178,22 @@ class AnswerAccuracyCallback(TrainerCallback):
                 self.keep_position,
             ),
         }
+        if self.error_recovery:
+            from axolotl_maskthought.eval.error_injection import evaluate_error_recovery
+
+            values[METRIC_AFTER_ERROR.removeprefix("eval_")] = float(
+                evaluate_error_recovery(
+                    model,
+                    tokenizer,
+                    self.examples,
+                    self.fmt,
+                    self.template,
+                    batch_size=self.batch_size,
+                    max_new_tokens=self.max_new_tokens,
+                    progress=False,
+                )["accuracy"]
+            )
+        return values
 
     def __call__(self, model, metric_key_prefix: str) -> dict[str, float]:
         """The evaluation-metrics provider (``MaskThoughtMixin.add_evaluation_metrics``)."""
@@ -227,5 +250,11 @@ def build_accuracy_callback(cfg, trainer) -> AnswerAccuracyCallback | None:
         removal.get("keep_position") if isinstance(removal, dict) else getattr(removal, "keep_position", False)
     )
     return AnswerAccuracyCallback(
-        trainer, examples, fmt, template, max_new_tokens=longest + 8, keep_position=keep_position
+        trainer,
+        examples,
+        fmt,
+        template,
+        max_new_tokens=longest + 8,
+        keep_position=keep_position,
+        error_recovery=options.eval_error_recovery,
     )

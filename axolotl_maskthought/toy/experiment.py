@@ -37,6 +37,16 @@ class Sizes:
     eval_steps: int
     eval_accuracy_samples: int  # rows of the validation file scored at each evaluation (the curves)
     val_rows: int = 200
+    max_steps: int | None = None  # optimizer steps; None = `epochs` passes over the training rows
+    warmup_steps: int = 0  # linear learning-rate warm-up, then constant
+
+
+@dataclass(frozen=True)
+class Pace:
+    """A Stepwise Internalization pace in optimizer steps (``cot_removal.start_step`` / ``steps_per_token``)."""
+
+    start_step: int  # full-CoT steps first
+    steps_per_token: int
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,7 @@ class Comparison:
     baseline: Method
     treatment: Method
     sizes: Sizes
+    error_recovery: bool = False  # with-CoT methods: also score after one injected CoT error
 
 
 SFT = Method("sft", "SFT", "train_cot.txt", False)
@@ -71,16 +82,22 @@ def masked_thought(ratio: float, replacement: str = "random") -> Method:
 
 
 def stepwise_internalization(
-    tokens_per_epoch: float,
-    start_epoch: int,
+    tokens_per_epoch: float | None = None,
+    start_epoch: int = 0,
     smoothing_lambda: float = 4,
     keep_position: bool = True,
     reset_optimizer: bool = False,
     remove_all_at: int | None = None,
+    pace: Pace | None = None,
 ) -> Method:
+    """SI with the Δ-per-epoch schedule, or with ``pace`` in optimizer steps (then no Δ, no start_epoch)."""
+    schedule = (
+        {"start_step": pace.start_step, "steps_per_token": pace.steps_per_token}
+        if pace is not None
+        else {"tokens_per_epoch": tokens_per_epoch, "start_epoch": start_epoch}
+    )
     removal = {
-        "tokens_per_epoch": tokens_per_epoch,
-        "start_epoch": start_epoch,
+        **schedule,
         "smoothing_lambda": smoothing_lambda,
         "side": "left",
         "keep_position": keep_position,
@@ -93,7 +110,37 @@ def stepwise_internalization(
     )
 
 
-# Default: the cheapest comparison that held on every seed tried (bench/RESULTS.md §5).
+# Default: the 2x2 win, SI (keep_position, λ 4, reset on) against no-CoT training of the same model for the
+# same optimizer steps, both answering with NO CoT, both arms side by side (one process per core).
+# Started from the probe's setting (issue 16: 6,000 problems, 2x128 GPT-2, batch 32, lr 1e-3 with 200 warm-up
+# steps, ~2,000 full-CoT steps, then 500 steps per token; 16,000 steps in all), cut to fit <= 8 min through
+# axolotl on 2 idle cores. PLACEHOLDERS until measured: set WIN_2X2_SIZES and WIN_2X2_PACE from the
+# research runs (bench/RESULTS.md) and state the measured time in the README.
+WIN_2X2_SIZES = Sizes(
+    a_digits=2,
+    b_digits=2,
+    train_rows=6000,
+    test_rows=500,
+    epochs=1,  # unused: max_steps sets the length
+    micro_batch_size=32,
+    learning_rate=1e-3,
+    hidden=128,
+    layers=2,
+    heads=4,
+    eval_steps=1000,
+    eval_accuracy_samples=100,
+    max_steps=6000,
+    warmup_steps=200,
+)
+WIN_2X2_PACE = Pace(start_step=1500, steps_per_token=400)  # 8 CoT tokens: all gone at step 4,700
+WIN_2X2 = Comparison(
+    "Stepwise Internalization vs no-CoT training, answering with NO CoT",
+    NO_COT,
+    stepwise_internalization(pace=WIN_2X2_PACE, smoothing_lambda=4, keep_position=True, reset_optimizer=True),
+    WIN_2X2_SIZES,
+)
+# --mft: Masked Thought vs SFT, the cheapest comparison that held on every seed tried (bench/RESULTS.md §5),
+# scored with CoT and after one injected CoT error (the recovery Masked Thought argues for).
 FULL = Comparison(
     "Masked Thought vs SFT, answering with CoT",
     SFT,
@@ -112,7 +159,9 @@ FULL = Comparison(
         eval_steps=100,
         eval_accuracy_samples=100,
     ),
+    error_recovery=True,
 )
+MFT = FULL
 # --long: the Stepwise Internalization recipe of examples/yaml/cpu_multiplication_icot_si.yml.
 LONG = Comparison(
     "Stepwise Internalization vs no-CoT training, answering with NO CoT",
@@ -148,9 +197,13 @@ _TOY = Sizes(
     eval_accuracy_samples=16,
     val_rows=16,
 )
-QUICK = [
-    replace(FULL, sizes=_TOY),
-    replace(LONG, treatment=stepwise_internalization(tokens_per_epoch=8, start_epoch=0), sizes=_TOY),
+QUICK = [  # the default's code path (a pace in steps, side by side), then --mft's (with error recovery)
+    replace(
+        WIN_2X2,
+        treatment=stepwise_internalization(pace=Pace(start_step=8, steps_per_token=2), reset_optimizer=True),
+        sizes=replace(_TOY, max_steps=32, warmup_steps=4),
+    ),
+    replace(MFT, sizes=_TOY),
 ]
 
 
@@ -211,11 +264,13 @@ def config_for(method: Method, sizes: Sizes, directory: Path, model_dir: Path, s
         "eval_batch_size": 64,
         "gradient_accumulation_steps": 1,
         "num_epochs": sizes.epochs,
+        **({"max_steps": sizes.max_steps} if sizes.max_steps else {}),
         "learning_rate": sizes.learning_rate,
         "optimizer": "adamw_torch",
         "weight_decay": 0.01,
         "max_grad_norm": 1.0,
-        "lr_scheduler": "constant",
+        "lr_scheduler": "constant_with_warmup" if sizes.warmup_steps else "constant",
+        **({"warmup_steps": sizes.warmup_steps} if sizes.warmup_steps else {}),
         "bf16": False,
         "fp16": False,
         "seed": seed,
@@ -259,15 +314,30 @@ def held_out_examples(path: Path):
     return [parse_icot_line(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-def run_method(method: Method, sizes: Sizes, directory: Path, model_dir: Path, seed: int, say) -> dict:
+def write_config(method: Method, sizes: Sizes, directory: Path, model_dir: Path, seed: int) -> Path:
+    """The axolotl YAML of one arm, written beside the data."""
     import yaml
+
+    config_path = directory / f"{method.name}.yml"
+    config_path.write_text(yaml.safe_dump(config_for(method, sizes, directory, model_dir, seed), sort_keys=False))
+    return config_path
+
+
+def run_method(
+    method: Method, sizes: Sizes, directory: Path, model_dir: Path, seed: int, say, error_recovery: bool = False
+) -> dict:
+    """Train one arm as ``axolotl train`` would (in this process) and score it on ``test.txt``.
+
+    ``error_recovery`` (with-CoT arms): also the accuracy after one injected CoT error
+    (:func:`~axolotl_maskthought.eval.error_injection.evaluate_error_recovery`, digit rule, seed 0).
+    """
+    import torch
 
     from axolotl_maskthought.eval.callback import METRIC_COT, METRIC_NO_COT
     from axolotl_maskthought.eval.evaluation import evaluate_model
 
-    config = config_for(method, sizes, directory, model_dir, seed)
-    config_path = directory / f"{method.name}.yml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    torch.set_num_threads(int(os.environ.get("MASKTHOUGHT_QUICKSTART_THREADS", torch.get_num_threads())))
+    config_path = write_config(method, sizes, directory, model_dir, seed)
     say(f"  {method.label}: training as `axolotl train {config_path}` would (in this process) ...")
     started = time.perf_counter()
     model, tokenizer, trainer = train_in_process(config_path)
@@ -290,6 +360,13 @@ def run_method(method: Method, sizes: Sizes, directory: Path, model_dir: Path, s
         keep_position=keep_position,
     )
     metric = METRIC_NO_COT if method.no_cot_eval else METRIC_COT
+    after_error = None
+    if error_recovery and not method.no_cot_eval:
+        from axolotl_maskthought.eval.error_injection import evaluate_error_recovery
+
+        after_error = evaluate_error_recovery(
+            model, tokenizer, examples, "icot", None, 0, "digit", 64, _max_new_tokens(tokenizer, examples), False
+        )
     result = {
         "method": method.name,
         "label": method.label,
@@ -302,6 +379,15 @@ def run_method(method: Method, sizes: Sizes, directory: Path, model_dir: Path, s
         "train_seconds": round(train_seconds, 1),
         "run_seconds": round(run_seconds, 1),  # + loading data and model, saving
         "config": str(config_path),
+        **(
+            {
+                "after_error_accuracy": after_error["accuracy"],
+                "after_error_correct": after_error["correct"],
+                "after_error_n": after_error["n"],
+            }
+            if after_error is not None
+            else {}
+        ),
         "history": {
             "loss": _series(history, "loss"),
             "removed_tokens_mean": _series(history, "cot_removal/removed_tokens_mean"),
@@ -311,6 +397,7 @@ def run_method(method: Method, sizes: Sizes, directory: Path, model_dir: Path, s
     say(
         f"  {method.label}: {result['steps']} steps in {train_seconds:.0f} s, held-out accuracy "
         f"{result['accuracy']:.3f} ({result['correct']}/{result['n']}, {result['eval']})"
+        + (f", after one CoT error {after_error['accuracy']:.3f}" if after_error is not None else "")
     )
     del model, trainer
     return result
@@ -324,8 +411,47 @@ def _series(history: list[dict], key: str) -> list[list[float]]:
     return [[entry["step"], entry[key]] for entry in history if key in entry]
 
 
-def run(output: Path, comparisons: list[Comparison], seed: int = 42, terminal=None) -> dict:
-    """Train and score every comparison; write ``results.json``; return the summary."""
+def _run_method_job(
+    method: Method, sizes: Sizes, directory: Path, model_dir: Path, seed: int, error_recovery: bool
+) -> dict:
+    """One arm in a worker process; its progress lines go to the process's stdout (the log)."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    return run_method(method, sizes, directory, model_dir, seed, _printer(sys.stdout), error_recovery)
+
+
+def run_arms(comparison: Comparison, directory: Path, model_dir: Path, seed: int, say, jobs: int = 1) -> list[dict]:
+    """[baseline, treatment] results; with ``jobs`` >= 2 the two arms train side by side, one process
+    each (spawned: a fresh interpreter, one torch thread unless MASKTHOUGHT_QUICKSTART_THREADS says)."""
+    methods = (comparison.baseline, comparison.treatment)
+    sizes = comparison.sizes
+    if jobs < 2:
+        return [run_method(m, sizes, directory, model_dir, seed, say, comparison.error_recovery) for m in methods]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    for method in methods:
+        path = write_config(method, sizes, directory, model_dir, seed)
+        say(f"  {method.label}: training as `axolotl train {path}` would (its own process) ...")
+    started = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [
+            pool.submit(_run_method_job, method, sizes, directory, model_dir, seed, comparison.error_recovery)
+            for method in methods
+        ]
+        results = [future.result() for future in futures]
+    for result in results:
+        say(
+            f"  {result['label']}: {result['steps']} steps in {result['train_seconds']:.0f} s, held-out accuracy "
+            f"{result['accuracy']:.3f} ({result['correct']}/{result['n']}, {result['eval']})"
+        )
+    say(f"  both arms side by side: {time.perf_counter() - started:.0f} s")
+    return results
+
+
+def run(output: Path, comparisons: list[Comparison], seed: int = 42, terminal=None, jobs: int = 1) -> dict:
+    """Train and score every comparison (``jobs`` >= 2: both arms of each side by side); write
+    ``results.json``; return the summary."""
     say = _printer(terminal or sys.stdout)
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
@@ -339,20 +465,19 @@ def run(output: Path, comparisons: list[Comparison], seed: int = 42, terminal=No
         # axolotl keys prepared data by file path, not content: never reuse an earlier run's.
         shutil.rmtree(directory / "prepared", ignore_errors=True)
         model_dir = prepare(directory, sizes)
+        length = f"{sizes.max_steps:,} optimizer steps" if sizes.max_steps else f"x {sizes.epochs} epochs"
         say(
             f"{comparison.title}: {sizes.a_digits}x{sizes.b_digits} multiplication, {sizes.train_rows:,} training "
-            f"problems x {sizes.epochs} epochs, {sizes.test_rows} held out; GPT-2 {sizes.layers} layers x "
+            f"problems, {length}, {sizes.test_rows} held out; GPT-2 {sizes.layers} layers x "
             f"{sizes.hidden} from scratch"
         )
-        results = [
-            run_method(method, sizes, directory, model_dir, seed, say)
-            for method in (comparison.baseline, comparison.treatment)
-        ]
+        results = run_arms(comparison, directory, model_dir, seed, say, jobs)
         summary["comparisons"].append(
             {
                 "title": comparison.title,
                 "task": f"{sizes.a_digits}x{sizes.b_digits} multiplication (ICoT format)",
                 "sizes": asdict(sizes),
+                "methods": {result["method"]: comparison_blocks(comparison, result["method"]) for result in results},
                 "results": results,
                 "verdict": verdict(results[1], results[0]),
             }
@@ -362,9 +487,37 @@ def run(output: Path, comparisons: list[Comparison], seed: int = 42, terminal=No
     return summary
 
 
+def comparison_blocks(comparison: Comparison, method_name: str) -> dict:
+    """The plugin blocks an arm trained with (for results.json)."""
+    method = comparison.treatment if comparison.treatment.name == method_name else comparison.baseline
+    return method.blocks
+
+
 # ---- report -----------------------------------------------------------------------------
 def verdict(treatment: dict, baseline: dict) -> str:
-    """One sentence from the two measured accuracies (``accuracy``, ``n``, ``label``, ``eval``)."""
+    """One sentence from the two measured accuracies (``accuracy``, ``n``, ``label``, ``eval``); a second
+    one on the accuracy after an injected CoT error when both results carry ``after_error_accuracy``."""
+    sentence = _accuracy_verdict(treatment, baseline)
+    if "after_error_accuracy" in treatment and "after_error_accuracy" in baseline:
+        sentence += " " + recovery_verdict(treatment, baseline)
+    return sentence
+
+
+def recovery_verdict(treatment: dict, baseline: dict) -> str:
+    """How often each answer survived one injected CoT error, and the ratio, from the numbers."""
+    mine, theirs = treatment["after_error_accuracy"], baseline["after_error_accuracy"]
+    ratio = f", {mine / theirs:.1f}x" if theirs > 0 else ""
+    better = "more" if mine > theirs else "less" if mine < theirs else "as"
+    text = (
+        f"After one injected CoT error the answer survived {mine:.3f} of the time with {treatment['label']} "
+        f"against {theirs:.3f} with {baseline['label']} ({treatment['after_error_n']} problems{ratio})"
+    )
+    if better == "as":
+        return text + ": equal recovery."
+    return text + f": {better} robust to an error in its chain of thought."
+
+
+def _accuracy_verdict(treatment: dict, baseline: dict) -> str:
     points = 100 * (treatment["accuracy"] - baseline["accuracy"])
     figures = (
         f"{treatment['accuracy']:.3f} vs {baseline['accuracy']:.3f} on {treatment['n']} held-out problems, "
@@ -378,16 +531,28 @@ def verdict(treatment: dict, baseline: dict) -> str:
 
 
 def format_table(results: list[dict]) -> str:
-    rows = [("method", "answers", "accuracy", "correct", "steps", "train time")]
+    """The comparison as a text table; an ``after error`` column when a result carries one."""
+    recovery = any("after_error_accuracy" in r for r in results)
+    rows = [
+        ("method", "answers", "accuracy", "correct") + (("after error",) if recovery else ()) + ("steps", "train time")
+    ]
     rows += [
         (
             r["label"],
             r["eval"],
             f"{r['accuracy']:.3f}",
             f"{r['correct']}/{r['n']}",
-            str(r["steps"]),
-            f"{r['train_seconds']:.0f} s",
         )
+        + (
+            (
+                f"{r['after_error_accuracy']:.3f} ({r['after_error_correct']}/{r['after_error_n']})"
+                if "after_error_accuracy" in r
+                else "-",
+            )
+            if recovery
+            else ()
+        )
+        + (str(r["steps"]), f"{r['train_seconds']:.0f} s")
         for r in results
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

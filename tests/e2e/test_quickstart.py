@@ -83,6 +83,52 @@ def test_table_lists_every_method():
     assert "50/200" in lines[2] and "0.500" in lines[3]
 
 
+def test_mft_table_and_verdict_carry_the_accuracy_after_an_error():
+    sft = {**_result("SFT", 0.98), "after_error_accuracy": 0.18, "after_error_correct": 36, "after_error_n": 200}
+    mft = {
+        **_result("Masked Thought", 0.9),
+        "after_error_accuracy": 0.45,
+        "after_error_correct": 90,
+        "after_error_n": 200,
+    }
+    lines = format_table([sft, mft]).splitlines()
+    assert lines[0].split()[:6] == ["method", "answers", "accuracy", "correct", "after", "error"]
+    assert "0.180 (36/200)" in lines[2] and "0.450 (90/200)" in lines[3]
+    text = verdict(mft, sft)
+    assert text.startswith("Masked Thought did not beat SFT: 8.0 points lower (0.900 vs 0.980")
+    assert text.endswith(
+        "After one injected CoT error the answer survived 0.450 of the time with Masked Thought against 0.180 "
+        "with SFT (200 problems, 2.5x): more robust to an error in its chain of thought."
+    )
+    worse = verdict({**mft, "after_error_accuracy": 0.1}, sft)
+    assert worse.endswith("(200 problems, 0.6x): less robust to an error in its chain of thought.")
+    assert verdict({**mft, "after_error_accuracy": 0.0}, {**sft, "after_error_accuracy": 0.0}).endswith(
+        "(200 problems): equal recovery."
+    )
+    # the SI comparison has no recovery column: the table stays as it was
+    assert "after" not in format_table([_result("no-CoT training", 0.4), _result("SI", 0.9)]).splitlines()[0]
+
+
+def test_default_is_the_2x2_si_comparison_in_optimizer_steps():
+    """The default trains SI with keep_position, λ 4 and the reset, against no-CoT training for the same
+    optimizer steps; both answer with no CoT. The sizes are constants the lead sets from measurements."""
+    from axolotl_maskthought.config import CoTRemovalConfig
+    from axolotl_maskthought.toy.experiment import WIN_2X2, WIN_2X2_PACE, WIN_2X2_SIZES, config_for
+
+    removal = CoTRemovalConfig(**WIN_2X2.treatment.blocks["cot_removal"])
+    assert (removal.keep_position, removal.smoothing_lambda, removal.reset_optimizer) == (True, 4, True)
+    assert (removal.start_step, removal.steps_per_token) == (WIN_2X2_PACE.start_step, WIN_2X2_PACE.steps_per_token)
+    assert WIN_2X2_SIZES.a_digits == WIN_2X2_SIZES.b_digits == 2
+    configs = [config_for(m, WIN_2X2_SIZES, Path("d"), Path("m"), 0) for m in (WIN_2X2.baseline, WIN_2X2.treatment)]
+    for key in ("max_steps", "learning_rate", "warmup_steps", "lr_scheduler", "micro_batch_size", "seed"):
+        assert configs[0][key] == configs[1][key], key
+    assert configs[0]["max_steps"] == WIN_2X2_SIZES.max_steps and "cot_removal" not in configs[0]
+    assert WIN_2X2.baseline.no_cot_eval and WIN_2X2.treatment.no_cot_eval
+    # every token is gone with room to train without CoT
+    last = WIN_2X2_PACE.start_step + 8 * WIN_2X2_PACE.steps_per_token
+    assert last < WIN_2X2_SIZES.max_steps
+
+
 # ---- the command --------------------------------------------------------------------------------
 # `--quick` run with matplotlib made unimportable: a plain install without it must still train,
 # print the table and verdicts and write results.json; then the plot is drawn in this process.
@@ -132,6 +178,15 @@ def test_quickstart_quick_runs_and_reports(tmp_path):
             assert (Path(result["config"])).is_file()
     methods = {r["method"]: r for c in summary["comparisons"] for r in c["results"]}
     assert sorted(methods) == sorted(METHODS)
+    # the default's path: a pace in optimizer steps, both arms side by side for the same steps
+    default = summary["comparisons"][0]
+    assert default["methods"]["stepwise_internalization"]["cot_removal"]["steps_per_token"] == 2
+    assert [r["steps"] for r in default["results"]] == [32, 32]
+    assert "both arms side by side" in out
+    # --mft's path: clean accuracy and accuracy after one injected error, in the table and the verdict
+    for name in ("sft", "masked_thought"):
+        assert 0 <= methods[name]["after_error_accuracy"] <= 1 and methods[name]["after_error_n"] > 0
+    assert "After one injected CoT error" in summary["comparisons"][1]["verdict"]
     assert methods["stepwise_internalization"]["history"]["removed_tokens_mean"]
     assert methods["masked_thought"]["eval"] == methods["sft"]["eval"] == "with CoT"
     assert methods["no_cot_training"]["eval"] == methods["stepwise_internalization"]["eval"] == "no CoT"

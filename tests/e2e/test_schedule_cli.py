@@ -266,6 +266,78 @@ def test_schedule_matches_training_with_gradient_accumulation(workspace):
     assert len(set(row.removal_count for row in plan.rows)) > 5
 
 
+# ---- paces in optimizer steps (issue 16, item 3) ------------------------------------------------------
+def test_command_shows_the_gate_bounds(tmp_path, capsys):
+    data = tmp_path / "m.txt"
+    write_lines(data, generate_multiplication(2, 2, 40, seed=0))
+    config = write_yaml(
+        tmp_path / "g.yml",
+        micro_batch_size=4,
+        num_epochs=3,  # 10 micro-batches per epoch: 30 optimizer steps
+        datasets=[{"path": str(data), "type": ICOT}],
+        cot_removal={"loss_gate": {"min_steps": 3, "max_steps": 8}, "start_epoch": 1},
+    )
+    assert cli.main(["schedule", str(config), "--plot", str(tmp_path / "g.png")]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "loss-gated from step 10" in out and "after 3 to 8 optimizer steps per token" in out
+    table = {line.split()[0]: line.split() for line in out.split("\n\n")[1].splitlines()[1:]}
+    assert table["12"][4] == "0" and table["13"][4] == "0-1" and table["18"][4] == "1-2" and table["29"][4] == "2-6"
+    bounds = out[out.index("loss_gate bounds") :].splitlines()
+    rows = [line.split() for line in bounds if line.strip() and line.split()[0].isdigit()]
+    # the 2x2 CoT is 8 tokens: token k between step 10 + 3k and 10 + 8k; the run has 30 steps
+    assert rows[0] == ["1", "13", "18"] and rows[1] == ["2", "16", "26"] and rows[2][:2] == ["3", "19"]
+    assert " ".join(rows[2][2:]) == "after the run" and len(rows) == 6  # token 7 would go at 31 at the earliest
+
+
+def test_schedule_matches_training_with_steps_per_token_and_gate(workspace):
+    """Through axolotl (its config round trip included): `steps_per_token` from `start_epoch` is exactly
+    the plan; the loss gate stays within the plan's bounds at every step, its state checkpointed."""
+    import json
+
+    root, base = workspace
+    runs = {}
+    for name, removal in {
+        "spt": {"steps_per_token": 3, "start_epoch": 1, "smoothing_lambda": 4},
+        "gate": {"loss_gate": {"min_steps": 2, "max_steps": 6, "ema_beta": 0.5}, "start_step": 4},
+    }.items():
+        config_path = write_config(
+            root / f"{name}.yml",
+            base_model=base,
+            datasets=[{"path": str(root / "m64.txt"), "type": ICOT}],
+            output_dir=root / name,
+            plugins=[MASKTHOUGHT_PLUGIN, CAPTURE_PLUGIN],
+            max_steps=None,
+            num_epochs=2,
+            save_strategy="steps",
+            save_steps=20,
+            logging_steps=1,
+            cot_removal=removal,
+        )
+        runs[name] = (run_in_process(config_path), plan_schedule(yaml.safe_load(config_path.read_text())))
+    run, plan = runs["spt"]
+    assert run.trainer.applied_counts == {row.step: row.removal_count for row in plan.rows}
+    scheduled = {e["step"] - 1: e["cot_removal/scheduled"] for e in run.log_history if "cot_removal/scheduled" in e}
+    assert scheduled == {row.step: row.removal_count for row in plan.rows if row.step >= 16}  # logged from the start
+    assert [row.removal_count for row in plan.rows][15:20] == [
+        0,
+        0,
+        0,
+        0,
+        1,
+    ]  # start: step 16 (epoch 2), token 1 three steps later
+    run, plan = runs["gate"]
+    applied = run.trainer.applied_counts
+    assert sorted(applied) == [row.step for row in plan.rows]
+    for row in plan.rows:
+        assert row.removal_count <= applied[row.step] <= row.removal_count_most, row.step
+    assert applied[5] == 0 and applied[6] == 1  # the first token: min_steps after start_step
+    state = json.loads((root / "gate" / "checkpoint-20" / "maskthought_state.json").read_text())
+    assert state["loss_gate"]["count"] == applied[19] and state["count_in_force"] == applied[19]
+    logged = [entry["step"] for entry in run.log_history if "cot_removal/gate_loss" in entry]
+    assert logged == list(range(2, plan.shape.max_steps + 1))  # every step after the first
+
+
 def test_missing_config_file(tmp_path, capsys):
     assert cli.main(["schedule", str(tmp_path / "nope.yml")]) == 2
     assert "nope.yml" in capsys.readouterr().err

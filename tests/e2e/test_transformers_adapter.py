@@ -367,3 +367,94 @@ def test_same_rows_and_schedule_as_through_axolotl(gsm8k, shared_data, tmp_path)
         return [e["step"] for e in trainer.state.log_history if e.get("cot_removal/optimizer_reset")]
 
     assert resets(plain) == resets(through_axolotl) and len(resets(plain)) == 5
+
+
+# ---- paces in optimizer steps (issue 16, item 3) ----------------------------------------------------
+def test_plain_trainer_steps_per_token_from_start_step(gsm8k, tmp_path):
+    from axolotl_maskthought.adapters.transformers import MaskThoughtTrainer
+    from axolotl_maskthought.ops.schedule import step_pace_count
+
+    tokenizer, rows = gsm8k
+    removal = {"steps_per_token": 2, "start_step": 3, "smoothing_lambda": None}
+    trainer, forwards, adam = _train(MaskThoughtTrainer, tokenizer, rows, tmp_path, cot_removal=removal)
+    counts = [trainer.applied_counts[step] for step in range(len(forwards))]
+    assert counts == [step_pace_count(s, 2, 3) for s in range(18)]
+    assert counts[:6] == [0, 0, 0, 0, 0, 1] and counts[-1] == 7
+    _check_removal(forwards, rows, trainer, tokenizer)
+    assert adam == _expected_adam_steps(counts)
+    logged = {
+        e["step"] - 1: e["cot_removal/scheduled"] for e in trainer.state.log_history if "cot_removal/scheduled" in e
+    }
+    assert logged == {s: float(counts[s]) for s in range(3, 18)}  # from the start step, as with start_epoch
+
+
+# beta 0: the level is the last step's loss, so the batches' spread alone makes the gate wait sometimes
+GATE = {"loss_gate": {"min_steps": 2, "max_steps": 5, "recovery": 1.0, "ema_beta": 0.0}, "smoothing_lambda": None}
+
+
+def _gate_trainer_cls():
+    from axolotl_maskthought.adapters.transformers import MaskThoughtTrainer
+
+    class LossRecorder(MaskThoughtTrainer):
+        """Records each optimizer step's training loss as the Trainer sums it (the logged `loss`)."""
+
+        def training_step(self, model, inputs, *args, **kwargs):
+            loss = super().training_step(model, inputs, *args, **kwargs)
+            self.__dict__.setdefault("step_losses", {}).setdefault(self.state.global_step, 0.0)
+            self.step_losses[self.state.global_step] += float(loss)
+            return loss
+
+    return LossRecorder
+
+
+def _replay_gate(step_losses: dict, steps: range, gate: dict, state=None):
+    """The gate's counts from the ops functions alone, fed the recorded losses."""
+    from axolotl_maskthought.ops.schedule import LossGateState, gate_advance, gate_observe, gate_opens
+
+    state = state or LossGateState()
+    counts = {}
+    for step in steps:
+        if step - 1 in step_losses:
+            state = gate_observe(state, step_losses[step - 1], gate["ema_beta"])
+        if gate_opens(state, step, gate["min_steps"], gate["max_steps"], gate["recovery"]):
+            state = gate_advance(state, step)
+        counts[step] = state.count
+    return counts
+
+
+def test_plain_trainer_loss_gate_decides_on_the_training_loss(gsm8k, tmp_path):
+    tokenizer, rows = gsm8k
+    trainer, forwards, adam = _train(_gate_trainer_cls(), tokenizer, rows, tmp_path, epochs=4, cot_removal=GATE)
+    steps = range(len(forwards))
+    counts = [trainer.applied_counts[step] for step in steps]
+    assert counts == list(_replay_gate(trainer.step_losses, steps, GATE["loss_gate"]).values())
+    changes = [s for s in steps if s and counts[s] > counts[s - 1]]
+    gaps = [b - a for a, b in zip(changes, changes[1:])]
+    assert changes[0] == 2 and all(2 <= gap <= 5 for gap in gaps)
+    assert len(set(gaps)) > 1  # the loss, not a fixed pace, decided
+    _check_removal(forwards, rows, trainer, tokenizer)
+    assert adam == _expected_adam_steps(counts)
+    # logged each step: the count, and the averaged loss the gate decided on (the Trainer's own loss)
+    logs = {entry["step"] - 1: entry for entry in trainer.state.log_history if "loss" in entry}
+    assert [logs[s]["cot_removal/scheduled"] for s in steps] == [float(c) for c in counts]
+    first = trainer.step_losses[0]
+    assert logs[0]["loss"] == pytest.approx(first, abs=1e-3)
+    assert logs[1]["cot_removal/gate_loss"] == pytest.approx(first, abs=1e-4)  # step 1 decided on step 0's loss
+    assert "cot_removal/gate_threshold" in logs[changes[0] + 1]
+
+
+def test_plain_trainer_loss_gate_resumes_exactly(gsm8k, tmp_path):
+    import json
+
+    tokenizer, rows = gsm8k
+    cls = _gate_trainer_cls()
+    full, _, full_adam = _train(cls, tokenizer, rows, tmp_path / "a", epochs=3, save_steps=7, cot_removal=GATE)
+    checkpoint = tmp_path / "a" / "out" / "checkpoint-7"
+    saved = json.loads((checkpoint / "maskthought_state.json").read_text())
+    assert saved["loss_gate"]["count"] == full.applied_counts[6]
+    resumed, _, resumed_adam = _train(
+        cls, tokenizer, rows, tmp_path / "b", epochs=3, resume=str(checkpoint), cot_removal=GATE
+    )
+    assert resumed.applied_counts == {s: full.applied_counts[s] for s in range(7, 18)}
+    assert resumed_adam == full_adam[7:]
+    assert resumed.step_losses == pytest.approx({s: full.step_losses[s] for s in range(7, 18)}, abs=1e-6)

@@ -47,6 +47,8 @@ class ScheduleRow:
     first_micro_batch: int  # index across epochs, as the removal schedule counts
     mask_rate: float | None  # None without masked_thought
     removal_count: int | None  # scheduled CoT tokens removed; schedule.REMOVE_ALL = whole CoT; None = off
+    # loss_gate: the most tokens removed by then (each token at min_steps); removal_count is the fewest
+    removal_count_most: int | None = None
 
 
 @dataclass
@@ -61,7 +63,10 @@ class SchedulePlan:
         changes = []
         ratio = self.masked_thought.ratio if self.masked_thought is not None else None
         for previous, row in zip(self.rows, self.rows[1:]):
-            count_changed = row.removal_count != previous.removal_count
+            count_changed = (row.removal_count, row.removal_count_most) != (
+                previous.removal_count,
+                previous.removal_count_most,
+            )
             rate_full = ratio is not None and row.mask_rate >= ratio > previous.mask_rate
             if count_changed or rate_full:
                 changes.append(row.step)
@@ -150,32 +155,57 @@ def plan_schedule(
 ) -> SchedulePlan:
     """Mask rate and removal count of every optimizer step, from the trainer's functions."""
     from axolotl_maskthought.ops.masking import mask_rate
-    from axolotl_maskthought.ops.schedule import first_micro_batch, optimizer_step_count
+    from axolotl_maskthought.ops.schedule import first_micro_batch
 
     masked, removal = validate_blocks(config)
     shape = run_shape(config, dataset_size, world_size, micro_batches_per_epoch)
     rows = []
     for step in range(shape.max_steps):
+        fewest, most = removal_counts(removal, shape, step) if removal is not None else (None, None)
         row = ScheduleRow(
             step=step,
             epoch=step // shape.optimizer_steps_per_epoch + 1,
             first_micro_batch=first_micro_batch(step, shape.gradient_accumulation_steps, shape.micro_batches_per_epoch),
             mask_rate=(mask_rate(step, shape.max_steps, masked.ratio, masked.warmup) if masked is not None else None),
-            removal_count=(
-                optimizer_step_count(
-                    step,
-                    shape.gradient_accumulation_steps,
-                    shape.micro_batches_per_epoch,
-                    removal.tokens_per_epoch,
-                    removal.start_epoch,
-                    removal.remove_all_at,
-                )
-                if removal is not None
-                else None
-            ),
+            removal_count=fewest,
+            removal_count_most=most,
         )
         rows.append(row)
     return SchedulePlan(shape, rows, masked, removal)
+
+
+def removal_start(removal, shape: RunShape) -> int:
+    """First optimizer step of the removal phase of a pace in optimizer steps."""
+    from axolotl_maskthought.ops.schedule import start_optimizer_step
+
+    return start_optimizer_step(
+        shape.gradient_accumulation_steps, shape.micro_batches_per_epoch, removal.start_epoch, removal.start_step
+    )
+
+
+def removal_counts(removal, shape: RunShape, step: int) -> tuple[int, int | None]:
+    """(count, None) for a fixed pace, as the trainer computes it; for ``loss_gate`` the
+    (fewest, most) tokens it can have removed by ``step``."""
+    from axolotl_maskthought.ops.schedule import gated_count_bounds, optimizer_step_count, step_pace_count
+
+    if removal.pace == "loss_gate":
+        gate = removal.loss_gate
+        return gated_count_bounds(
+            step, gate.min_steps, gate.max_steps, removal_start(removal, shape), removal.remove_all_at
+        )
+    if removal.pace == "steps_per_token":
+        return step_pace_count(
+            step, removal.steps_per_token, removal_start(removal, shape), removal.remove_all_at
+        ), None
+    count = optimizer_step_count(
+        step,
+        shape.gradient_accumulation_steps,
+        shape.micro_batches_per_epoch,
+        removal.tokens_per_epoch,
+        removal.start_epoch,
+        removal.remove_all_at,
+    )
+    return count, None
 
 
 def cot_report(

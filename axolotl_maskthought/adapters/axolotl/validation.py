@@ -289,6 +289,12 @@ def _check_cot_removal(data: dict, removal) -> None:
                 "start after the last epoch, so no CoT token would ever be removed; lower "
                 "`cot_removal.start_epoch` or raise `num_epochs`"
             )
+    start_step, max_steps = _get(removal, "start_step"), data.get("max_steps")
+    if isinstance(start_step, int) and isinstance(max_steps, int) and max_steps > 0 and start_step >= max_steps:
+        raise ValueError(
+            f"`cot_removal.start_step: {start_step}` with `max_steps: {max_steps}`: removal would start after the "
+            "last step, so no CoT token would ever be removed; lower `cot_removal.start_step` or raise `max_steps`"
+        )
     if _get(removal, "reset_optimizer", True) is not False:
         _check_optimizer_reset(data)
 
