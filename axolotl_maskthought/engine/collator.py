@@ -20,7 +20,9 @@ class CoTSpanCollator:
     """Wrap ``inner`` (any HF/axolotl collator) so that the ``cot_mask`` column survives.
 
     Each feature's ``cot_mask`` is a list of 0/1 of the feature's length (1 = CoT
-    token, as recorded by this package's strategies or ``formats.tokenize_cot``).
+    token, as recorded by this package's strategies or ``formats.tokenize_cot``), or
+    None for a row of another dataset type (``datasets.concatenate_datasets`` fills
+    the column with None there): such a row has no CoT, all zeros.
     The batch gets ``cot_mask`` as a (B, T) long tensor laid out like
     ``input_ids``: packed rows concatenate their examples' masks, padding is 0 on
     ``padding_side``. Features without ``cot_mask`` pass through unchanged.
@@ -51,11 +53,16 @@ class CoTSpanCollator:
             row = []
             for feature in pack:
                 cot_mask = feature.pop(COT_MASK)
+                if cot_mask is None:  # a row of a dataset type that records no CoT (datasets concatenated)
+                    cot_mask = [0] * len(feature["input_ids"])
                 if len(cot_mask) != len(feature["input_ids"]):
                     raise ValueError(
                         f"`cot_mask` has {len(cot_mask)} entries but `input_ids` {len(feature['input_ids'])}: "
-                        "something changed the tokens without the CoT span (e.g. TRL's truncation or "
-                        "packing: pre-truncate the rows and set `max_length=None`, `packing=False`)"
+                        "a step between tokenization and this collator cut or re-laid the tokens without "
+                        "the CoT span. Under axolotl this package's strategies apply `sequence_len` / "
+                        "`excess_length_strategy` themselves; rows from elsewhere must carry a `cot_mask` "
+                        "of their own length (docs/seams.md lists the steps). Under TRL: pre-truncate the "
+                        "rows and set `max_length=None`, `packing=False`"
                     )
                 row.extend(int(v) for v in cot_mask)
             masks.append(row)

@@ -33,8 +33,9 @@ PERCENTILES = (("min", 0.0), ("p10", 0.1), ("median", 0.5), ("p90", 0.9), ("max"
 # ---- the lengths ------------------------------------------------------------------------------
 def cot_lengths(cot_masks: Iterable[Sequence[int]]) -> list[int]:
     """CoT tokens per example: the count of positive entries of each ``cot_mask`` row
-    (negative codes are a chat template's think-block layout, see ``ops.removal``)."""
-    return [sum(1 for flag in mask if flag > 0) for mask in cot_masks]
+    (negative codes are a chat template's think-block layout, see ``ops.removal``; a
+    None row, from a dataset type without CoT, counts 0)."""
+    return [sum(1 for flag in mask or () if flag > 0) for mask in cot_masks]
 
 
 def dataset_cot_lengths(dataset) -> list[int]:

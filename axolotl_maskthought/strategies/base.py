@@ -38,6 +38,58 @@ def tokenization_code_fingerprint() -> str:
     return digest.hexdigest()[:12]
 
 
+def _is_test_entry(cfg, ds_cfg) -> bool:
+    """Whether axolotl loads ``ds_cfg`` as a ``test_datasets`` entry (it passes the entry
+    itself; a copy, e.g. one of several ``name``s, is matched by its path and type)."""
+    train, test = list(cfg.get("datasets") or []), list(cfg.get("test_datasets") or [])
+    if any(ds_cfg is entry for entry in test):
+        return True
+    if any(ds_cfg is entry for entry in train):
+        return False
+
+    def same(entry) -> bool:
+        return all(_field(entry, key) == _field(ds_cfg, key) for key in ("path", "type", "data_files"))
+
+    return any(same(entry) for entry in test) and not any(same(entry) for entry in train)
+
+
+def _field(entry, key):
+    return entry.get(key) if hasattr(entry, "get") else getattr(entry, key, None)
+
+
+def excess_length_limit(cfg, ds_cfg) -> int | None:
+    """The length axolotl will cut this dataset's rows to, or None when it cuts none.
+
+    axolotl's ``excess_length_strategy: truncate`` cuts ``input_ids``, ``labels``,
+    ``attention_mask`` and ``position_ids`` of rows longer than ``sequence_len``
+    (``eval_sequence_len`` for ``test_datasets``) and leaves every other column
+    (``cot_mask``) at its old length. Our strategies therefore cut each row
+    themselves, every column alike, so that axolotl's cut is a no-op for them.
+    None: ``drop``/``raise`` (whole rows go or stay), ``skip_prepare_dataset`` and
+    ``streaming`` (axolotl applies no length policy), or no ``sequence_len``.
+    """
+    if cfg is None or str(cfg.get("excess_length_strategy") or "drop").lower() != "truncate":
+        return None
+    if cfg.get("skip_prepare_dataset") or cfg.get("streaming"):
+        return None
+    eval_len = cfg.get("eval_sequence_len")
+    if eval_len and ds_cfg is not None and _is_test_entry(cfg, ds_cfg):
+        return int(eval_len)
+    return int(cfg["sequence_len"]) if cfg.get("sequence_len") else None
+
+
+def cut_row(tokens: dict, limit: int | None) -> dict:
+    """``tokens`` with every per-token column (lists as long as ``input_ids``) cut to
+    ``limit`` entries, as axolotl's ``truncate_long_seq`` cuts its four columns."""
+    length = len(tokens["input_ids"])
+    if limit is None or length <= limit:
+        return tokens
+    return {
+        key: value[:limit] if isinstance(value, list) and len(value) == length else value
+        for key, value in tokens.items()
+    }
+
+
 class CoTStrategy:
     """axolotl's strategy protocol: ``tokenize_prompt(row) -> dict`` plus ``filter_rows``.
 
@@ -56,6 +108,8 @@ class CoTStrategy:
         self.code_fingerprint = tokenization_code_fingerprint()
         self.train_on_inputs = bool(cfg.get("train_on_inputs")) if cfg is not None else False
         self.parse = parse
+        # axolotl's length policy applied here, to every column (see excess_length_limit)
+        self.length_limit = excess_length_limit(cfg, ds_cfg)
         self.filter_rows = self._is_valid if self.options.skip_invalid_rows else None
         path = local_file(ds_cfg)
         if path is not None and path.suffix in (".jsonl", ".json", ".txt", ""):
@@ -91,4 +145,4 @@ class CoTStrategy:
             example = self.parse(row)
         except ValueError as err:
             raise ValueError(f"invalid row {dict(row)!r}: {err}") from None
-        return self.tokenize(example)
+        return cut_row(self.tokenize(example), self.length_limit)

@@ -44,7 +44,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from axolotl_maskthought.data.formats import IGNORE_INDEX
-from axolotl_maskthought.strategies.base import LOG, CoTStrategy, format_options
+from axolotl_maskthought.strategies.base import LOG, CoTStrategy, cut_row, format_options
 
 ROLES = {
     "system": "system",
@@ -421,7 +421,7 @@ class ChatTemplateCoTStrategy(CoTStrategy):
 
     def tokenize_prompt(self, row) -> dict:
         try:
-            return self.tokenize(self.parse(row))
+            return cut_row(self.tokenize(self.parse(row)), self.length_limit)
         except ValueError as err:
             raise ValueError(f"invalid row {dict(row)!r}: {err}") from None
 

@@ -56,6 +56,7 @@ def training_cot_lengths(config: dict, sample_rows: int | None = COT_SAMPLE_ROWS
 
     from axolotl_maskthought.data.files import local_file, read_rows
     from axolotl_maskthought.data.registry import dataset_type
+    from axolotl_maskthought.strategies.base import cut_row
 
     entries = config.get("datasets") or []
     modules = []
@@ -88,14 +89,19 @@ def training_cot_lengths(config: dict, sample_rows: int | None = COT_SAMPLE_ROWS
         rows = random.Random(seed).sample(rows, sample_rows)
     lengths, too_long = [], 0
     for strategy, row in rows:
-        example = strategy.tokenize_prompt(row)
-        cot_mask = example["cot_mask"]
+        # the strategy cuts rows itself under `truncate` (its `length_limit`): count the cut ones first
+        limit = getattr(strategy, "length_limit", None)
+        strategy.length_limit = None
+        try:
+            example = strategy.tokenize_prompt(row)
+        finally:
+            strategy.length_limit = limit
         if sequence_len and len(example["input_ids"]) > sequence_len:
             too_long += 1
             if not truncate:
                 continue
-            cot_mask = cot_mask[:sequence_len]
-        lengths.append(sum(1 for flag in cot_mask if flag > 0))
+            example = cut_row(example, limit)
+        lengths.append(sum(1 for flag in example["cot_mask"] if flag > 0))
     scope = (
         f"all {total} rows" if len(rows) == total else f"a random sample of {len(rows)} of {total} rows (--cot-rows)"
     )
