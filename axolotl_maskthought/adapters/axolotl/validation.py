@@ -119,6 +119,7 @@ def check_config(data: dict) -> None:
     _refuse_trainer_keys(data, blocks)
     _check_other_trainer_plugins(data, blocks)
     _check_span(data, masked, removal)
+    _check_row_transforms(data, masked, removal, blocks)
     _check_masked_thought(data, masked)
     if removal is not None:
         _check_cot_removal(data, removal)
@@ -179,6 +180,35 @@ def _check_span(data: dict, masked, removal) -> None:
             f"{' and '.join(needs_span)} needs the CoT span, which `pretraining_dataset` rows do not "
             f"carry; train on `datasets` of type {', '.join(span_recording_types())}"
         )
+
+
+def _check_row_transforms(data: dict, masked, removal, blocks: str) -> None:
+    """axolotl steps between tokenization and the model that the CoT span cannot follow
+    (docs/seams.md has the whole list and what happens at each)."""
+    needs_span = removal is not None or _get(masked, "scope") == "reasoning"
+    if data.get("streaming") and removal is not None:
+        raise ValueError(
+            "`streaming: true` with `cot_removal`: the removal schedule counts micro-batches per epoch, "
+            "and a streamed dataset has no length; train from a prepared (non-streaming) dataset"
+        )
+    if data.get("streaming") and data.get("sample_packing") and needs_span:
+        raise ValueError(
+            "`streaming: true` with `sample_packing: true` packs rows keeping `input_ids` only, so the CoT "
+            "span (`cot_mask`) that `masked_thought.scope: reasoning` needs is dropped; set `streaming: false` "
+            "or `sample_packing: false`"
+        )
+    if data.get("use_pose") and removal is not None:
+        raise ValueError(
+            "`use_pose: true` with `cot_removal`: removal rebuilds each example's position ids (from 0, or "
+            "the originals with `keep_position`), which would overwrite PoSE's skipped positions; set "
+            "`use_pose: false`"
+        )
+    for key in ("context_parallel_size", "sequence_parallel_degree"):
+        if (data.get(key) or 1) > 1:
+            raise ValueError(
+                f"`{key}: {data.get(key)}` splits each sequence across ranks; {blocks} act on whole rows "
+                f"(the CoT span, removal, masks) and were not verified with split sequences; set `{key}: 1`"
+            )
 
 
 def _written_dataset_keys(dataset) -> dict:
@@ -361,3 +391,4 @@ def _check_optimizer_reset(data: dict) -> None:
             why,
             fix,
         )
+
