@@ -27,6 +27,7 @@ import torch
 from axolotl_maskthought.config import CoTRemovalConfig, MaskedThoughtConfig
 from axolotl_maskthought.engine.collator import COT_MASK, CoTSpanCollator
 from axolotl_maskthought.engine.metrics import DeviceMetrics
+from axolotl_maskthought.engine.replacement import replacement_conflict
 from axolotl_maskthought.ops.masking import make_generator, mask_rate, mask_thought, step_seed
 from axolotl_maskthought.ops.removal import cot_flags, remove_cot
 from axolotl_maskthought.ops.schedule import (
@@ -153,10 +154,14 @@ class MaskThoughtMixin:
                 raise ValueError(
                     "`masked_thought.replacement: pad` but the tokenizer has no pad token; set `special_tokens.pad_token`"
                 )
-            return tokenizer.pad_token_id
-        token_id = tokenizer.convert_tokens_to_ids(config.mask_token)
-        if token_id is None or token_id == tokenizer.unk_token_id:
-            raise ValueError(f"`masked_thought.mask_token` {config.mask_token!r} is not in the tokenizer")
+            token_id = tokenizer.pad_token_id
+        else:
+            token_id = tokenizer.convert_tokens_to_ids(config.mask_token)
+            if token_id is None or token_id == tokenizer.unk_token_id:
+                raise ValueError(f"`masked_thought.mask_token` {config.mask_token!r} is not in the tokenizer")
+        conflict = replacement_conflict(config.replacement, token_id, tokenizer)
+        if conflict:
+            raise ValueError(conflict)
         return token_id
 
     @property

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from axolotl.integrations.base import BasePlugin
 
+from axolotl_maskthought.adapters.axolotl.validation import check_replacement_token
 from axolotl_maskthought.data.registry import dataset_entries
 
 LOG = logging.getLogger("axolotl.maskthought")
@@ -144,7 +145,12 @@ class MaskThoughtPlugin(BasePlugin):
 
     def load_datasets(self, cfg, preprocess: bool = False):
         key_prepared_path(cfg)  # a no-op after register; for configs set up without it
+        # the earliest hook with axolotl's tokenizer decided: before any row is tokenized
+        check_replacement_token(cfg)
         return None  # axolotl loads the data itself
+
+    def pre_model_load(self, cfg):
+        check_replacement_token(cfg)  # for commands that do not call load_datasets
 
     def pre_lora_load(self, cfg, model):
         token = _mask_token(cfg)

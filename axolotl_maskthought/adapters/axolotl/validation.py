@@ -392,3 +392,36 @@ def _check_optimizer_reset(data: dict) -> None:
             fix,
         )
 
+
+# ---- once axolotl's tokenizer is known -------------------------------------------------
+def check_replacement_token(cfg) -> None:
+    """Refuse a Masked Thought replacement id that is a structural token of the tokenizer
+    axolotl builds (EOS, BOS, chat turn markers, this config's think tags).
+
+    The tokenizer is not known while the config is validated: axolotl's
+    ``load_tokenizer`` decides the pad token (EOS when the tokenizer has none, with
+    its own warning) and adds ``special_tokens`` / ``tokens``. The plugin calls this
+    from ``load_datasets`` (before any row is tokenized) and again from
+    ``pre_model_load`` (commands that skip ``load_datasets``), so the run stops
+    before the model loads. Raises ValueError naming the keys.
+    """
+    masked = _get(cfg, "masked_thought")
+    replacement = _get(masked, "replacement", "random")
+    if masked is None or replacement == "random":
+        return
+    from axolotl.loaders import load_tokenizer
+
+    from axolotl_maskthought.engine.replacement import replacement_conflict
+
+    tokenizer = load_tokenizer(cfg)
+    if replacement == "pad":
+        token_id = tokenizer.pad_token_id
+    else:
+        token_id = tokenizer.convert_tokens_to_ids(_get(masked, "mask_token") or "<mask>")
+    think_tags = ()
+    if "chat_template" in _our_strategies(cfg):
+        block = _get(cfg, "cot_format")
+        think_tags = tuple(_get(block, "think_tags", None) or ("<think>", "</think>"))
+    conflict = replacement_conflict(replacement, token_id, tokenizer, think_tags)
+    if conflict:
+        raise ValueError(conflict)
