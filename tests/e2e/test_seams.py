@@ -184,6 +184,49 @@ def test_eval_sequence_len_cuts_test_datasets_to_their_own_length(workspace: dic
     assert excess_length_limit({**cfg, "skip_prepare_dataset": True}, train) is None
 
 
+# ---- Kind 1: every other row and batch transformation, with the span checked position by position ----
+def _assert_masks_stay_in_the_span(run) -> None:
+    """Each example the model got (packed or not) against the tokenized row it came from:
+    with `scope: reasoning` at ratio 1.0 every trained CoT input is replaced and nothing else."""
+    changed = 0
+    for forward in run.train_forwards:
+        for row, start, end, source in axolotl_run.clean_examples(forward, run.trainer.train_dataset):
+            seen = forward["input_ids"][row, start:end].tolist()
+            for position, token in enumerate(seen):
+                in_span = source["cot_mask"][position] and source["labels"][position] != IGNORE_INDEX
+                if in_span:
+                    changed += token != source["input_ids"][position]
+                else:
+                    assert token == source["input_ids"][position], f"position {position} outside the span was masked"
+    assert changed > 0
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"sample_packing": True},
+        {"sample_packing": True, "sequence_len": 160, "eval_sample_packing": False},  # two rows a pack, uncut
+        {"remove_unused_columns": True},
+        {"group_by_length": True},
+        {"dataset_exact_deduplication": True},
+        {"pad_to_sequence_len": True},
+        {"curriculum_sampling": True},
+        {"min_sample_len": 20},
+        {"val_set_size": 0.25},
+    ],
+    ids=lambda extra: "_".join(map(str, extra)),
+)
+def test_row_and_batch_transformations_keep_the_span_aligned(workspace: dict, extra: dict) -> None:
+    name = "follows_" + "_".join(map(str, extra))
+    block = {"masked_thought": {"ratio": 1.0, "warmup": 0, "scope": "reasoning"}}
+    config = _config(workspace, name, _icot(workspace), max_steps=1, **block, **_truncate(**extra))
+    run = run_in_process(config)
+    assert run.train_forwards
+    _assert_masks_stay_in_the_span(run)
+    if extra.get("sequence_len") == 160:
+        assert len(axolotl_run.segments(run.train_forwards[0])) > run.train_forwards[0]["input_ids"].shape[0]
+
+
 # ---- Kind 1, case B: datasets of different types --------------------------------------------------
 def _mixed(workspace: dict) -> list[dict]:
     return [gsm8k_dataset(workspace["gsm8k"]), {"path": str(workspace["alpaca"]), "ds_type": "json", "type": "alpaca"}]
