@@ -106,6 +106,9 @@ class MaskThoughtMixin:
         self._replacement_id: int | None = None
         self._evaluation_metrics: list[Callable[[object, str], dict[str, float]]] = []
         self._evaluating = False
+        # True: rows keep the width the collator gave them after CoT removal (axolotl's
+        # `pad_to_sequence_len`), padded back as the collator pads; False: removal narrows them.
+        self.keep_batch_width = False
         if masked_thought is not None or cot_removal is not None:
             self.configure_maskthought(masked_thought, cot_removal)
 
@@ -353,8 +356,11 @@ class MaskThoughtMixin:
             padding_side=getattr(self.processing_class, "padding_side", "right"),
         )
         cot_mask = result.cot_mask
+        width = batch["input_ids"].shape[1]
         batch.clear()
         batch.update(result.batch)
+        if self.keep_batch_width:
+            cot_mask = self._pad_back(batch, cot_mask, width)
         if training:
             self.all_cot_removed_last_batch = result.all_cot_removed_flag()
             stats = result.stat_tensors()
@@ -363,6 +369,29 @@ class MaskThoughtMixin:
             metrics.add("cot_removal/removed_tokens_mean", stats["removed_tokens_mean"])
             metrics.add("cot_removal/no_cot_fraction", stats["no_cot_fraction"])
         return cot_mask
+
+    def _pad_back(self, batch, cot_mask, width: int) -> torch.Tensor:
+        """Pad the (B, T') tensors of ``batch`` and ``cot_mask`` back to ``width`` columns
+        after removal, as axolotl's collator pads (pad id, labels -100, mask 0, position
+        ids 0, 1, ... as a padding segment of their own); returns the padded ``cot_mask``."""
+        current = batch["input_ids"].shape[1]
+        extra = width - current
+        if extra <= 0:
+            return cot_mask
+        left = getattr(self.processing_class, "padding_side", "right") == "left"
+        fills = {"input_ids": self._pad_id(), "labels": -100}
+
+        def pad(key, value):
+            if key == "position_ids":
+                tail = torch.arange(extra, device=value.device, dtype=value.dtype).expand(value.shape[0], extra)
+            else:
+                tail = torch.full((value.shape[0], extra), fills.get(key, 0), device=value.device, dtype=value.dtype)
+            return torch.cat([tail, value] if left else [value, tail], dim=1)
+
+        for key, value in list(batch.items()):
+            if torch.is_tensor(value) and value.dim() == 2 and value.shape[1] == current:
+                batch[key] = pad(key, value)
+        return pad(COT_MASK, cot_mask)
 
     def _mask(self, batch, cot_mask, step: int, micro_step: int, rank: int) -> None:
         config = self.masked_thought

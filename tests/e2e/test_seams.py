@@ -294,6 +294,29 @@ def test_transformations_the_span_cannot_follow_are_refused_by_key(workspace: di
         _load(workspace, "refused_" + key, _icot(workspace), **extra)
 
 
+# ---- Kind 2: pad_to_sequence_len is kept under CoT removal -----------------------------------------
+def test_pad_to_sequence_len_batches_keep_their_width_after_removal(workspace: dict) -> None:
+    """axolotl pads every batch to `sequence_len` (128 here); removal used to narrow it to the longest row left."""
+    removal = {"tokens_per_epoch": 8, "smoothing_lambda": 0.01}  # offsets 0-99 nearly uniform: most CoT goes
+    config = _config(
+        workspace,
+        "pad_to_len_removal",
+        _icot(workspace),
+        cot_removal=removal,
+        sequence_len=128,
+        pad_to_sequence_len=True,
+    )
+    run = run_in_process(config)
+    assert run.train_forwards
+    for forward in run.train_forwards:
+        assert forward["input_ids"].shape[1] == 128
+        lengths = forward["attention_mask"].sum(1)
+        assert int(lengths.max()) < 71  # CoT tokens were removed from every row
+        for row, length in enumerate(lengths.tolist()):
+            assert (forward["labels"][row, length:] == IGNORE_INDEX).all()
+            assert not forward["attention_mask"][row, length:].any()  # right padding, after the real tokens
+
+
 # ---- Kind 2: a tokenizer without a pad token, replacement: pad ---------------------------------------
 @pytest.fixture(scope="module")
 def no_pad_model(workspace: dict) -> Path:

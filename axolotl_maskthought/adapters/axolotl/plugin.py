@@ -230,6 +230,8 @@ class MaskThoughtPlugin(BasePlugin):
 
         if isinstance(trainer, MaskThoughtMixin):
             trainer.configure_maskthought(cfg.get("masked_thought"), cfg.get("cot_removal"))
+            # `pad_to_sequence_len: true` asks for batches of one width: removal must not narrow them
+            trainer.keep_batch_width = bool(cfg.get("pad_to_sequence_len"))
             if trainer.cot_removal is not None:  # CoT lengths vs the schedule, logged when training begins
                 from axolotl_maskthought.engine.cot_lengths import CoTLengthReportCallback
 
