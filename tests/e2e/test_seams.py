@@ -376,3 +376,19 @@ def test_mask_token_that_is_eos_is_refused(workspace: dict) -> None:
     with pytest.raises(ValueError, match=r"`masked_thought.mask_token` \(id \d+\) is the tokenizer's eos_token"):
         run_in_process(config)
     assert "post_model_load" not in axolotl_run.EVENTS
+
+
+def test_train_on_inputs_with_response_scope_is_warned_by_name(workspace: dict) -> None:
+    with axolotl_run.logged_records("axolotl.maskthought.config") as records:
+        _load(workspace, "train_on_inputs", _icot(workspace), train_on_inputs=True, masked_thought={})
+    warnings = [r.getMessage() for r in records if "`train_on_inputs: true`" in r.getMessage()]
+    assert len(warnings) == 1 and "`masked_thought.scope: reasoning`" in warnings[0]
+    with axolotl_run.logged_records("axolotl.maskthought.config") as records:
+        _load(
+            workspace,
+            "train_on_inputs_cot",
+            _icot(workspace),
+            train_on_inputs=True,
+            masked_thought={"scope": "reasoning"},
+        )
+    assert not [r for r in records if "`train_on_inputs: true`" in r.getMessage()]

@@ -136,6 +136,7 @@ class MaskThoughtPlugin(BasePlugin):
             tokens = list(cfg.get("tokens") or [])
             if token not in tokens:
                 cfg["tokens"] = tokens + [token]
+                LOG.info("`tokens`: added %s for `masked_thought.replacement: mask_token`", token)
             if cfg.get("merge_lora"):
                 _merge_with_training_tokenizer(cfg)
         # Here, on the raw config, because every axolotl command (train, preprocess,

@@ -276,6 +276,13 @@ def _check_cot_format(data: dict, strategies: set[str]) -> None:
 def _check_masked_thought(data: dict, masked) -> None:
     if masked is None:
         return
+    if data.get("train_on_inputs") and _get(masked, "scope", "response") == "response":
+        LOG.warning(
+            "`train_on_inputs: true` with `masked_thought.scope: response`: every trained token is eligible, "
+            "so the question and prompt inputs are masked too, which the paper avoids (masking the question "
+            "as well scored 36.3 against 41.6 for SFT); set `train_on_inputs: false` or "
+            "`masked_thought.scope: reasoning` to mask the response or the CoT only"
+        )
     replacement = _get(masked, "replacement", "random")
     mask_token = _get(masked, "mask_token")
     if mask_token is not None and replacement != "mask_token":
