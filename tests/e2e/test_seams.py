@@ -213,6 +213,9 @@ def _assert_masks_stay_in_the_span(run) -> None:
         {"curriculum_sampling": True},
         {"min_sample_len": 20},
         {"val_set_size": 0.25},
+        {"gradient_checkpointing": True},
+        {"neftune_noise_alpha": 5.0},
+        {"dataloader_num_workers": 1, "dataloader_prefetch_factor": 2},  # the collator in a worker process
     ],
     ids=lambda extra: "_".join(map(str, extra)),
 )
