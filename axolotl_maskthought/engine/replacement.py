@@ -14,11 +14,15 @@ from __future__ import annotations
 STRUCTURAL_ROLES = ("eos_token", "bos_token", "sep_token", "cls_token")
 
 
-def structural_token_ids(tokenizer, extra_tokens: tuple[str, ...] = ()) -> dict[int, str]:
+def structural_token_ids(
+    tokenizer, extra_tokens: tuple[str, ...] = (), replacement_token: str | None = None
+) -> dict[int, str]:
     """Token id -> what it is (``"eos_token '</s>'"``) for every token that lays an
     example out: the EOS/BOS/SEP/CLS special tokens, the additional special tokens
     (chat turn markers), and each of ``extra_tokens`` (think tags, ...) that is a
-    single token of ``tokenizer``. Empty for ``tokenizer`` None."""
+    single token of ``tokenizer``. ``replacement_token`` (an added ``<mask>``, which
+    a tokenizer may list as special) is left out of the other special tokens, never
+    out of the EOS/BOS/SEP/CLS roles. Empty for ``tokenizer`` None."""
     found: dict[int, str] = {}
     if tokenizer is None:
         return found
@@ -27,9 +31,13 @@ def structural_token_ids(tokenizer, extra_tokens: tuple[str, ...] = ()) -> dict[
         token_id = getattr(tokenizer, f"{role}_id", None)
         if token is not None and token_id is not None:
             found.setdefault(int(token_id), f"{role} {str(token)!r}")
-    for token in getattr(tokenizer, "additional_special_tokens", None) or []:
+    # the other special tokens (chat turn markers: `additional_special_tokens`, called
+    # `extra_special_tokens` in transformers 5), but not what a replacement may be
+    replaceable = {str(getattr(tokenizer, role, None)) for role in ("pad_token", "unk_token", "mask_token")}
+    replaceable.add(str(replacement_token))
+    for token in getattr(tokenizer, "all_special_tokens", None) or []:
         token_id = tokenizer.convert_tokens_to_ids(str(token))
-        if token_id is not None and token_id != getattr(tokenizer, "unk_token_id", None):
+        if str(token) not in replaceable and token_id is not None:
             found.setdefault(int(token_id), f"special token {str(token)!r}")
     for token in extra_tokens:
         ids = tokenizer(token, add_special_tokens=False)["input_ids"]
@@ -46,7 +54,8 @@ def replacement_conflict(replacement: str, replacement_id: int | None, tokenizer
     """
     if replacement == "random" or replacement_id is None:
         return None
-    what = structural_token_ids(tokenizer, tuple(extra_tokens)).get(int(replacement_id))
+    token = tokenizer.convert_ids_to_tokens(int(replacement_id))
+    what = structural_token_ids(tokenizer, tuple(extra_tokens), token).get(int(replacement_id))
     if what is None:
         return None
     if replacement == "pad":

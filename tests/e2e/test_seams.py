@@ -395,3 +395,22 @@ def test_train_on_inputs_with_response_scope_is_warned_by_name(workspace: dict) 
             masked_thought={"scope": "reasoning"},
         )
     assert not [r for r in records if "`train_on_inputs: true`" in r.getMessage()]
+
+
+def test_structural_tokens_include_turn_markers_and_single_token_think_tags(workspace: dict) -> None:
+    from transformers import AutoTokenizer
+
+    from axolotl_maskthought.engine.replacement import replacement_conflict, structural_token_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(workspace["model"])
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_end|>"]})
+    tokenizer.add_tokens(["<think>", "</think>"])
+    think = tokenizer.convert_tokens_to_ids("<think>")
+    found = structural_token_ids(tokenizer, ("<think>", "</think>"))
+    assert found[tokenizer.eos_token_id] == "eos_token '</s>'"
+    assert found[tokenizer.convert_tokens_to_ids("<|im_end|>")] == "special token '<|im_end|>'"
+    assert found[think] == "'<think>'"
+    assert tokenizer.pad_token_id not in found
+    assert "'<think>'" in replacement_conflict("pad", think, tokenizer, ("<think>", "</think>"))
+    assert replacement_conflict("pad", tokenizer.pad_token_id, tokenizer, ("<think>", "</think>")) is None
+    assert replacement_conflict("random", tokenizer.eos_token_id, tokenizer) is None
