@@ -230,6 +230,17 @@ def test_row_and_batch_transformations_keep_the_span_aligned(workspace: dict, ex
         assert len(axolotl_run.segments(run.train_forwards[0])) > run.train_forwards[0]["input_ids"].shape[0]
 
 
+def test_prepared_data_is_keyed_by_the_length_policy() -> None:
+    """axolotl's prepared-data hash has `sequence_len` but not `excess_length_strategy` or
+    `eval_sequence_len`: rows our strategies cut must not be served to a `drop` run, or back."""
+    from axolotl_maskthought.adapters.axolotl.plugin import tokenization_fingerprint
+
+    drop = tokenization_fingerprint({"sequence_len": SEQUENCE_LEN})
+    truncate = tokenization_fingerprint(_truncate())
+    assert len({drop, truncate, tokenization_fingerprint(_truncate(eval_sequence_len=40))}) == 3
+    assert tokenization_fingerprint({"sequence_len": SEQUENCE_LEN, "excess_length_strategy": "raise"}) == drop
+
+
 # ---- Kind 1, case B: datasets of different types --------------------------------------------------
 def _mixed(workspace: dict) -> list[dict]:
     return [gsm8k_dataset(workspace["gsm8k"]), {"path": str(workspace["alpaca"]), "ds_type": "json", "type": "alpaca"}]

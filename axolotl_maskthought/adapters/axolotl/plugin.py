@@ -42,8 +42,10 @@ PREPARED_KEY = re.compile(r"maskthought-[0-9a-f]{12}")
 def tokenization_fingerprint(cfg) -> str:
     """12 hex digits keying prepared data by what of this plugin changes tokenized rows
     and axolotl's prepared-data hash does not see: the `cot_format:` options (defaults
-    filled in, the template as text), the added mask token, and the package's
-    tokenization code.
+    filled in, the template as text), the added mask token, the package's
+    tokenization code, and under `excess_length_strategy: truncate` the lengths the
+    strategies cut rows to (axolotl's hash has no `excess_length_strategy` or
+    `eval_sequence_len`).
 
     Raises:
         pydantic.ValidationError: the `cot_format:` block is invalid.
@@ -55,6 +57,9 @@ def tokenization_fingerprint(cfg) -> str:
     layout = options.model_dump(mode="json", exclude={"eval_accuracy_samples"})
     layout["prompt_template"] = options.template()
     payload = {"code": tokenization_code_fingerprint(), "cot_format": layout, "mask_token": _mask_token(cfg)}
+    if str(cfg.get("excess_length_strategy") or "drop").lower() == "truncate":
+        # our strategies cut rows themselves then; axolotl's hash sees `sequence_len` only
+        payload["truncate"] = [cfg.get("sequence_len"), cfg.get("eval_sequence_len")]
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
