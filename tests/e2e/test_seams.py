@@ -138,7 +138,7 @@ def test_truncate_with_reasoning_scope_masks_only_the_cut_cot(workspace: dict) -
             ids, labels = ids[:length], labels[:length]  # without axolotl's padding
             row = originals[key(ids, labels)]
             for position, (seen, clean) in enumerate(zip(ids, row["input_ids"])):
-                if row["cot_mask"][position] and row["labels"][position] != IGNORE_INDEX:
+                if row["cot_mask"][position] > 0 and row["labels"][position] != IGNORE_INDEX:
                     changed += seen != clean
                 else:
                     assert seen == clean, "a token outside the cut CoT span was masked"
@@ -193,7 +193,7 @@ def _assert_masks_stay_in_the_span(run) -> None:
         for row, start, end, source in axolotl_run.clean_examples(forward, run.trainer.train_dataset):
             seen = forward["input_ids"][row, start:end].tolist()
             for position, token in enumerate(seen):
-                in_span = source["cot_mask"][position] and source["labels"][position] != IGNORE_INDEX
+                in_span = source["cot_mask"][position] > 0 and source["labels"][position] != IGNORE_INDEX
                 if in_span:
                     changed += token != source["input_ids"][position]
                 else:
