@@ -169,7 +169,7 @@ def test_fingerprint_sees_what_changes_the_rows() -> None:
 
 def test_code_fingerprint_follows_the_tokenization_code(tmp_path) -> None:
     """Prepared data (and datasets' map cache, through the strategy's attributes) are
-    keyed by the source of formats.py and strategies/: editing them changes the key,
+    keyed by the source of data/formats.py and strategies/: editing them changes the key,
     editing another module does not."""
     import shutil
     import subprocess
@@ -193,10 +193,10 @@ def test_code_fingerprint_follows_the_tokenization_code(tmp_path) -> None:
         return done.stdout.strip()
 
     original = fingerprint()
-    with open(copy / "quickstart.py", "a", encoding="utf-8") as handle:
+    with open(copy / "toy" / "experiment.py", "a", encoding="utf-8") as handle:
         handle.write("\n# not tokenization\n")
     assert fingerprint() == original
-    for name in ("formats.py", "strategies/icot.py"):
+    for name in ("data/formats.py", "strategies/icot.py"):
         with open(copy / name, "a", encoding="utf-8") as handle:
             handle.write("\n# a layout change\n")
         changed = fingerprint()
