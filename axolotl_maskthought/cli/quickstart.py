@@ -145,7 +145,7 @@ def register(subparsers) -> None:
         help="2: the two arms train side by side, one process each; 1: one after the other (default: %(default)s)",
     )
     parser.add_argument(
-        "--seed", type=int, default=42, help="training seed: data order, masks, removal offsets (default: %(default)s)"
+        "--seed", type=int, default=0, help="training seed: data order, masks, removal offsets (default: %(default)s)"
     )
     parser.add_argument(
         "--threads",
