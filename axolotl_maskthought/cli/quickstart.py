@@ -96,9 +96,10 @@ def command(args: argparse.Namespace) -> int:
         print(f"\n{comparison['title']} ({comparison['task']}, seed {summary['seed']}, greedy decoding):")
         print(format_table(comparison["results"]))
         print(f"Verdict: {comparison['verdict']}")
+    config_dirs = sorted({str(Path(r["config"]).parent) for c in summary["comparisons"] for r in c["results"]})
     print(
-        f"\nresults: {output / 'results.json'}   configs: {output}/*.yml   log: {log_path}   "
-        f"total {summary['total_seconds']:.0f} s"
+        f"\nresults: {output / 'results.json'}   configs: {', '.join(d + '/*.yml' for d in config_dirs)}   "
+        f"log: {log_path}   total {summary['total_seconds']:.0f} s"
     )
     try:
         with _quiet(log_path, args.verbose):

@@ -217,7 +217,8 @@ def no_answer_note(rows: Sequence[dict], fmt: str, no_cot: bool = False) -> str 
     if no_cot and fmt == "icot":
         note += (
             "; a model that writes CoT here was trained with CoT left at its last step "
-            "(`axolotl-maskthought schedule CONFIG` reports it)"
+            "(`axolotl-maskthought schedule CONFIG` reports it); one that writes no `####` at all "
+            "is undertrained for this task"
         )
     return note
 

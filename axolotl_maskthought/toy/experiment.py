@@ -469,8 +469,8 @@ def run(output: Path, comparisons: list[Comparison], seed: int = 0, terminal=Non
         length = f"{sizes.max_steps:,} optimizer steps" if sizes.max_steps else f"x {sizes.epochs} epochs"
         say(
             f"{comparison.title}: {sizes.a_digits}x{sizes.b_digits} multiplication, {sizes.train_rows:,} training "
-            f"problems, {length}, {sizes.test_rows} held out; GPT-2 {sizes.layers} layers x "
-            f"{sizes.hidden} from scratch"
+            f"problems, {length}, {sizes.test_rows} held out; GPT-2 from scratch ({sizes.layers} "
+            f"layer{'s' if sizes.layers != 1 else ''}, width {sizes.hidden})"
         )
         results = run_arms(comparison, directory, model_dir, seed, say, jobs)
         summary["comparisons"].append(
