@@ -1,0 +1,304 @@
+#!/usr/bin/env python
+"""Stepwise Internalization (ICoT-SI) vs no-CoT training on NxN multiplication, through the product.
+
+One run = one arm (``si`` or ``nocot``) at one seed. It uses the package's own machinery
+(axolotl_maskthought.toy.experiment, the quickstart's runner): ``prepare`` writes the training file (with and without CoT),
+a validation file and a held-out test file (disjoint: no test/validation question is in
+training) and a tiny GPT-2 with its byte-level BPE tokenizer; ``config_for`` writes the axolotl
+YAML; ``train_in_process`` trains exactly as ``axolotl train CONFIG`` does; the package's
+``eval.evaluation.evaluate_model`` scores validation and test problems with ``no_cot=True`` and
+``keep_position`` as in training. One JSON per run (config, seed, steps, wall seconds,
+accuracy with n/correct, per-step history) goes to --results.
+
+Setting choices are made on the validation split (``val``); the test split (``test``) is
+only reported.
+
+Reproduce from a fresh clone (package importable, e.g. ``PYTHONPATH=<clone>``):
+
+  OMP_NUM_THREADS=1 python bench/si_2x2.py --arm si    --seed 0 --tag full2x2
+  OMP_NUM_THREADS=1 python bench/si_2x2.py --arm nocot --seed 0 --tag full2x2
+
+The pace is given in optimizer steps per removed token (--steps-per-token P); the plugin's
+``tokens_per_epoch`` is set to Δ = micro_batches_per_epoch / P (choose --train-rows a
+multiple of --batch so that micro_batches_per_epoch = train_rows / batch exactly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+
+OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "AXOLOTL_DO_NOT_TRACK": "1",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+
+
+def parse():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arm", choices=["si", "nocot"], required=True)
+    p.add_argument("--seed", type=int, default=0, help="training seed and the tiny model's initialisation seed")
+    p.add_argument("--tag", required=True, help="experiment name (results file prefix, work dir)")
+    p.add_argument("--a-digits", type=int, default=2)
+    p.add_argument("--b-digits", type=int, default=2)
+    p.add_argument("--train-rows", type=int, default=6400)
+    p.add_argument("--test-rows", type=int, default=500)
+    p.add_argument("--val-rows", type=int, default=200)
+    p.add_argument("--epochs", type=int, default=80)
+    p.add_argument("--start-epoch", type=int, default=10, help="full-CoT epochs before removal")
+    p.add_argument("--steps-per-token", type=float, default=500, help="P: optimizer steps per removed token")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup-steps", type=int, default=200, help="linear LR warm-up, then constant (0: constant)")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--lam", type=float, default=4.0, help="smoothing_lambda")
+    p.add_argument("--reset", type=int, default=1, help="reset_optimizer (1/0)")
+    p.add_argument("--keep-position", type=int, default=1)
+    p.add_argument("--eval-steps", type=int, default=0, help="in-training validation accuracy every N steps (0: none)")
+    p.add_argument("--eval-samples", type=int, default=200)
+    p.add_argument("--save-steps", type=int, default=0, help="checkpoint every N steps (0: none)")
+    p.add_argument("--resume", action="store_true", help="resume from the last checkpoint in the run's output_dir")
+    p.add_argument("--logging-steps", type=int, default=10)
+    p.add_argument(
+        "--pad-longest",
+        type=int,
+        default=1,
+        help="1: pad each batch to its longest row (pad_to_sequence_len: false); 0: axolotl's default "
+        "(pad to a multiple of 64: 64 tokens for ~24-token rows)",
+    )
+    p.add_argument("--work", default="bench/work/si_2x2")
+    p.add_argument("--results", default="bench/results/si_2x2")
+    p.add_argument("--threads", type=int, default=1)
+    return p.parse_args()
+
+
+def data_dir(args) -> Path:
+    return (
+        Path(args.work)
+        / "data"
+        / f"{args.a_digits}x{args.b_digits}_train{args.train_rows}_test{args.test_rows}_val{args.val_rows}"
+    )
+
+
+def prepare_data_and_model(args, sizes, say) -> tuple[Path, Path]:
+    """quickstart.prepare writes the data files and a seed-0 model; other seeds get their own
+    model (same tokenizer, trained on the same training texts, different initialisation)."""
+    from axolotl_maskthought.toy import experiment as quickstart
+    from axolotl_maskthought.toy import tiny
+
+    directory = data_dir(args)
+    marker = directory / "DONE"
+    if not marker.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        quickstart.prepare(directory, sizes)  # train_cot / train_no_cot / valid / test, model (seed 0)
+        shutil.rmtree(directory / "prepared", ignore_errors=True)
+        # move the seed-0 model under its size's name
+        marker.write_text("ok")
+    model_name = f"model_h{args.hidden}_l{args.layers}_n{args.heads}_s{args.seed}"
+    model_dir = directory / model_name
+    if not (model_dir / "config.json").exists():
+        train = (directory / "train_cot.txt").read_text(encoding="utf-8").splitlines()
+        tiny.build_tiny(
+            model_dir,
+            train,
+            vocab_size=300,
+            arch="gpt2",
+            hidden=args.hidden,
+            layers=args.layers,
+            heads=args.heads,
+            max_positions=128,
+            seed=args.seed,
+        )
+        say(f"built {model_dir}")
+    return directory, model_dir
+
+
+def main():
+    args = parse()
+    for k, v in OFFLINE.items():
+        os.environ.setdefault(k, v)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    mbpe = math.ceil(args.train_rows / args.batch)
+    delta = mbpe / args.steps_per_token
+    name = f"{args.tag}_{args.arm}_seed{args.seed}"
+    out_path = results / f"{name}.json"
+    record = {
+        "name": name,
+        "arm": args.arm,
+        "seed": args.seed,
+        "args": vars(args),
+        "host": socket.gethostname(),
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "micro_batches_per_epoch_expected": mbpe,
+        "tokens_per_epoch": delta,
+        "status": "running",
+    }
+    say = lambda text: print(f"[{time.strftime('%H:%M:%S')}] {name}: {text}", flush=True)  # noqa: E731
+    out_path.write_text(json.dumps(record, indent=1))
+    wall0 = time.perf_counter()
+    try:
+        import yaml
+
+        from axolotl_maskthought.eval.evaluation import evaluate_model
+        from axolotl_maskthought.toy import experiment as quickstart
+
+        sizes = quickstart.Sizes(
+            a_digits=args.a_digits,
+            b_digits=args.b_digits,
+            train_rows=args.train_rows,
+            test_rows=args.test_rows,
+            epochs=args.epochs,
+            micro_batch_size=args.batch,
+            learning_rate=args.lr,
+            hidden=args.hidden,
+            layers=args.layers,
+            heads=args.heads,
+            eval_steps=max(args.eval_steps, 1),
+            eval_accuracy_samples=args.eval_samples,
+            val_rows=args.val_rows,
+        )
+        directory, model_dir = prepare_data_and_model(args, sizes, say)
+        if args.arm == "si":
+            method = quickstart.stepwise_internalization(
+                tokens_per_epoch=delta,
+                start_epoch=args.start_epoch,
+                smoothing_lambda=args.lam,
+                keep_position=bool(args.keep_position),
+                reset_optimizer=bool(args.reset),
+            )
+        else:
+            method = quickstart.NO_COT
+        config = quickstart.config_for(method, sizes, directory, model_dir, args.seed)
+        run_dir = Path(args.work) / "runs" / name
+        if run_dir.exists() and not args.resume:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config["output_dir"] = str(run_dir / "out")
+        config["dataset_prepared_path"] = str(run_dir / "prepared")
+        config["logging_steps"] = args.logging_steps
+        if args.pad_longest:
+            config["pad_to_sequence_len"] = False
+        if args.warmup_steps:
+            config["lr_scheduler"] = "constant_with_warmup"
+            config["warmup_steps"] = args.warmup_steps
+        if args.eval_steps:
+            config["eval_steps"] = args.eval_steps
+        else:
+            config["eval_strategy"] = "no"
+            config.pop("eval_steps", None)
+            config["cot_format"] = {"eval_accuracy_samples": 0}
+            config.pop("test_datasets", None)
+        if args.save_steps:
+            config["save_strategy"] = "steps"
+            config["save_steps"] = args.save_steps
+            config["save_total_limit"] = 2
+        if args.resume:
+            ckpts = sorted((run_dir / "out").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+            if ckpts:
+                config["resume_from_checkpoint"] = str(ckpts[-1])
+                record["resumed_from"] = str(ckpts[-1])
+        config_path = run_dir / "config.yml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        record["config"] = config
+        say(f"training ({args.arm}; Δ={delta:.4f}, {args.steps_per_token} steps/token) config {config_path}")
+        t0, c0 = time.perf_counter(), time.process_time()
+        model, tokenizer, trainer = quickstart.train_in_process(config_path)
+        train_wall, train_cpu = time.perf_counter() - t0, time.process_time() - c0
+        history = trainer.state.log_history
+        runtime = next((e["train_runtime"] for e in history if "train_runtime" in e), train_wall)
+        steps = trainer.state.global_step
+        record.update(
+            steps=steps,
+            train_runtime_s=round(runtime, 1),
+            train_call_wall_s=round(train_wall, 1),
+            steps_per_second=round(steps / runtime, 2) if runtime else None,
+            train_call_cpu_s=round(train_cpu, 1),  # CPU time of this process: the speed on an idle core
+            steps_per_cpu_second=round(steps / train_cpu, 2) if train_cpu else None,
+            micro_batches_per_epoch=getattr(trainer, "micro_batches_per_epoch", None),
+            parameters=model.num_parameters(),
+        )
+        keep = bool(args.arm == "si" and args.keep_position)
+        scores = {}
+        for split, fname in (("val", "valid.txt"), ("test", "test.txt")):
+            examples = quickstart.held_out_examples(directory / fname)
+            t1 = time.perf_counter()
+            scored = evaluate_model(
+                model,
+                tokenizer,
+                examples,
+                "icot",
+                None,
+                True,
+                64,
+                quickstart._max_new_tokens(tokenizer, examples),
+                progress=False,
+                keep_position=keep,
+            )
+            scores[split] = {
+                "accuracy": scored["accuracy"],
+                "correct": scored["correct"],
+                "n": scored["n"],
+                "no_answer": scored.get("no_answer"),
+                "eval_seconds": round(time.perf_counter() - t1, 1),
+                "no_cot": True,
+                "keep_position": keep,
+                "sample_predictions": scored["predictions"][:3],
+            }
+        if args.arm == "si":  # also: does it still answer with its CoT? (only informative early on)
+            examples = quickstart.held_out_examples(directory / "valid.txt")
+            scored = evaluate_model(
+                model,
+                tokenizer,
+                examples,
+                "icot",
+                None,
+                False,
+                64,
+                quickstart._max_new_tokens(tokenizer, examples),
+                progress=False,
+            )
+            scores["val_with_cot"] = {"accuracy": scored["accuracy"], "correct": scored["correct"], "n": scored["n"]}
+        record["accuracy"] = scores
+        record["history"] = history
+        record["status"] = "ok"
+        say(
+            f"{steps} steps in {runtime:.0f} s ({steps / runtime:.1f} steps/s); no-CoT exact: "
+            f"val {scores['val']['accuracy']:.3f} ({scores['val']['correct']}/{scores['val']['n']}), "
+            f"test {scores['test']['accuracy']:.3f} ({scores['test']['correct']}/{scores['test']['n']})"
+        )
+    except BaseException as err:  # record failures too
+        record["status"] = "failed"
+        record["error"] = f"{type(err).__name__}: {err}"
+        record["traceback"] = traceback.format_exc()
+        say(f"FAILED: {record['error']}")
+        raise
+    finally:
+        record["wall_s"] = round(time.perf_counter() - wall0, 1)
+        record["cpu_s"] = round(time.process_time(), 1)
+        record["loadavg_end"] = os.getloadavg()
+        record["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        out_path.write_text(json.dumps(record, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
