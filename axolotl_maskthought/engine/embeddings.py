@@ -37,8 +37,13 @@ def gathered(parameters: list[torch.nn.Parameter]):
     partitioned = [parameter for parameter in parameters if is_partitioned(parameter)]
     if not partitioned:
         return contextlib.nullcontext()
-    import deepspeed
-
+    try:
+        import deepspeed
+    except ImportError:  # only DeepSpeed partitions parameters (the `deepspeed` extra)
+        raise RuntimeError(
+            "parameters are partitioned (ZeRO-3) but `deepspeed` cannot be imported: "
+            "pip install 'axolotl-maskthought[deepspeed]'"
+        ) from None
     return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0)
 
 
