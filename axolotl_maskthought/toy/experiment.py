@@ -128,6 +128,7 @@ WIN_2X2_SIZES = Sizes(
     heads=4,
     eval_steps=600,
     eval_accuracy_samples=200,
+    max_steps=7200,  # = 36 epochs of 200 micro-batches
     warmup_steps=200,
 )
 WIN_2X2_PACE = Pace(start_step=1000, steps_per_token=300)
