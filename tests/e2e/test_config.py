@@ -408,3 +408,16 @@ def test_span_needing_blocks_refuse_pretraining_data(workspace: dict) -> None:
     pretraining = [{"path": str(workspace["data"]), "ds_type": "json", "type": "pretrain"}]
     with pytest.raises(ValueError, match=r"`cot_removal` needs the CoT span, which `pretraining_dataset` rows"):
         _load(workspace, "pretrain", cot_removal={"tokens_per_epoch": 8}, pretraining_dataset=pretraining)
+
+
+def test_torch_compile_is_warned_about_by_name(workspace: dict, config_warnings) -> None:
+    """Nothing here compiles a model: `torch_compile` with a block is kept as written and warned about."""
+    cfg = _load(workspace, "compile", torch_compile=True, cot_removal={"tokens_per_epoch": 8})
+    assert cfg["torch_compile"] is True
+    messages = [r.getMessage() for r in config_warnings]
+    assert any("`torch_compile: True`" in m and "`cot_removal`" in m and "recompilations" in m for m in messages), (
+        messages
+    )
+    config_warnings.clear()
+    _load(workspace, "no_compile", cot_removal={"tokens_per_epoch": 8})
+    assert not any("torch_compile" in r.getMessage() for r in config_warnings)

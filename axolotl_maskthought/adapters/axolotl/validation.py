@@ -123,6 +123,15 @@ def check_config(data: dict) -> None:
     _check_masked_thought(data, masked)
     if removal is not None:
         _check_cot_removal(data, removal)
+    if data.get("torch_compile") and data.get("torch_compile") != "auto":
+        # the transforms run in get_batch_samples, outside the compiled model; nothing here has compiled one
+        LOG.warning(
+            "`torch_compile: %s` with %s is not tested with this package: the CoT transforms run before the "
+            "compiled forward%s, so expect recompilations; set `torch_compile: false` if the run slows down",
+            data.get("torch_compile"),
+            blocks,
+            " and CoT removal changes the batch width as it goes" if removal is not None else "",
+        )
 
 
 # ---- the trainer ---------------------------------------------------------------------
