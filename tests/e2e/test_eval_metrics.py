@@ -219,3 +219,26 @@ def test_plain_trainer_save_strategy_best_on_accuracy(icot_rows, tmp_path):
     trainer.train()
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-6"]
     assert trainer.state.best_metric == 0.75
+
+
+def test_plain_trainer_reduce_lr_on_plateau_reads_accuracy(icot_rows, tmp_path):
+    # transformers steps ReduceLROnPlateau with metrics[metric_for_best_model] after each evaluation:
+    # the accuracy must be there, and the optimizer resets of CoT removal must keep the reduced LR.
+    trainer = _plain_trainer(
+        icot_rows,
+        tmp_path,
+        max_steps=8,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="no",
+        metric_for_best_model="eval_accuracy_no_cot",
+        lr_scheduler_type="reduce_lr_on_plateau",
+        lr_scheduler_kwargs={"mode": "max", "patience": 0, "factor": 0.5, "threshold": 0.0},
+    )
+    scripted = iter([0.5, 0.25, 0.75, 0.75])  # worse at evaluation 2, not better at 4: two reductions
+    trainer.add_evaluation_metrics(lambda model, prefix: {"accuracy_no_cot": next(scripted)})
+    trainer.train()
+    assert trainer.lr_scheduler.best == 0.75
+    assert [group["lr"] for group in trainer.optimizer.param_groups] == pytest.approx(
+        [0.25e-5] * len(trainer.optimizer.param_groups)
+    )
