@@ -100,7 +100,6 @@ def prepare_data_and_model(args, sizes, say) -> tuple[Path, Path]:
     """quickstart.prepare writes the data files and a seed-0 model; other seeds get their own
     model (same tokenizer, trained on the same training texts, different initialisation)."""
     from axolotl_maskthought.toy import experiment as quickstart
-    from axolotl_maskthought.toy import tiny
 
     directory = data_dir(args)
     marker = directory / "DONE"
@@ -114,17 +113,7 @@ def prepare_data_and_model(args, sizes, say) -> tuple[Path, Path]:
     model_dir = directory / model_name
     if not (model_dir / "config.json").exists():
         train = (directory / "train_cot.txt").read_text(encoding="utf-8").splitlines()
-        tiny.build_tiny(
-            model_dir,
-            train,
-            vocab_size=300,
-            arch="gpt2",
-            hidden=args.hidden,
-            layers=args.layers,
-            heads=args.heads,
-            max_positions=128,
-            seed=args.seed,
-        )
+        quickstart.build_model(model_dir, train, sizes, seed=args.seed)
         say(f"built {model_dir}")
     return directory, model_dir
 

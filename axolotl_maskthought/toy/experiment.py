@@ -217,7 +217,6 @@ def prepare(directory: Path, sizes: Sizes) -> Path:
     """Write train (with and without CoT), validation (curves) and held-out test files, all
     disjoint, and a tiny model; return the model dir."""
     from axolotl_maskthought.data import generators as data
-    from axolotl_maskthought.toy import tiny
 
     train = data.generate_multiplication(sizes.a_digits, sizes.b_digits, sizes.train_rows, seed=0)
     seen = {line.split("||", 1)[0] for line in train}
@@ -232,8 +231,15 @@ def prepare(directory: Path, sizes: Sizes) -> Path:
     data.write_lines(directory / "train_no_cot.txt", [strip_cot(line) for line in train])
     data.write_lines(directory / "test.txt", test)
     data.write_lines(directory / "valid.txt", val)
-    model_dir = directory / "model"
-    tiny.build_tiny(
+    return build_model(directory / "model", train, sizes, seed=0)
+
+
+def build_model(model_dir: Path, train: list[str], sizes: Sizes, seed: int) -> Path:
+    """The runner's tiny GPT-2 (``sizes``' width, layers, heads) and a BPE tokenizer trained on
+    ``train``, saved to ``model_dir``; ``seed`` draws the initial weights."""
+    from axolotl_maskthought.toy import tiny
+
+    return tiny.build_tiny(
         model_dir,
         train,
         vocab_size=300,
@@ -242,9 +248,8 @@ def prepare(directory: Path, sizes: Sizes) -> Path:
         layers=sizes.layers,
         heads=sizes.heads,
         max_positions=128,
-        seed=0,
+        seed=seed,
     )
-    return model_dir
 
 
 def config_for(method: Method, sizes: Sizes, directory: Path, model_dir: Path, seed: int) -> dict:
