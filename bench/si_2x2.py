@@ -73,6 +73,13 @@ def parse():
     p.add_argument("--eval-steps", type=int, default=0, help="in-training validation accuracy every N steps (0: none)")
     p.add_argument("--eval-samples", type=int, default=200)
     p.add_argument("--save-steps", type=int, default=0, help="checkpoint every N steps (0: none)")
+    p.add_argument(
+        "--score-steps",
+        default="",
+        help="comma-separated steps whose checkpoints are also scored after training (each must be a multiple "
+        "of --save-steps; checkpoints are then all kept); with a constant LR and a pace in steps a run "
+        "stopped at step S is the same as this run at S",
+    )
     p.add_argument("--resume", action="store_true", help="resume from the last checkpoint in the run's output_dir")
     p.add_argument("--logging-steps", type=int, default=10)
     p.add_argument(
@@ -92,7 +99,7 @@ def data_dir(args) -> Path:
     return (
         Path(args.work)
         / "data"
-        / f"{args.a_digits}x{args.b_digits}_train{args.train_rows}_test{args.test_rows}_val{args.val_rows}"
+        / f"{args.a_digits}x{args.b_digits}_train{args.train_rows}_test{args.test_rows}_val{args.val_rows}_distinct"
     )
 
 
@@ -116,6 +123,40 @@ def prepare_data_and_model(args, sizes, say) -> tuple[Path, Path]:
         quickstart.build_model(model_dir, train, sizes, seed=args.seed)
         say(f"built {model_dir}")
     return directory, model_dir
+
+
+def score(model, tokenizer, directory: Path, keep: bool) -> dict:
+    """No-CoT exact match of ``model`` on the validation and test files, through the package's eval."""
+    from axolotl_maskthought.eval.evaluation import evaluate_model
+    from axolotl_maskthought.toy import experiment as quickstart
+
+    scores = {}
+    for split, fname in (("val", "valid.txt"), ("test", "test.txt")):
+        examples = quickstart.held_out_examples(directory / fname)
+        t1 = time.perf_counter()
+        scored = evaluate_model(
+            model,
+            tokenizer,
+            examples,
+            "icot",
+            None,
+            True,
+            64,
+            quickstart._max_new_tokens(tokenizer, examples),
+            progress=False,
+            keep_position=keep,
+        )
+        scores[split] = {
+            "accuracy": scored["accuracy"],
+            "correct": scored["correct"],
+            "n": scored["n"],
+            "no_answer": scored.get("no_answer"),
+            "eval_seconds": round(time.perf_counter() - t1, 1),
+            "no_cot": True,
+            "keep_position": keep,
+            "sample_predictions": scored["predictions"][:3],
+        }
+    return scores
 
 
 def main():
@@ -200,7 +241,7 @@ def main():
         if args.save_steps:
             config["save_strategy"] = "steps"
             config["save_steps"] = args.save_steps
-            config["save_total_limit"] = 2
+            config["save_total_limit"] = None if args.score_steps else 2
         if args.resume:
             ckpts = sorted((run_dir / "out").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
             if ckpts:
@@ -227,32 +268,18 @@ def main():
             parameters=model.num_parameters(),
         )
         keep = bool(args.arm == "si" and args.keep_position)
-        scores = {}
-        for split, fname in (("val", "valid.txt"), ("test", "test.txt")):
-            examples = quickstart.held_out_examples(directory / fname)
-            t1 = time.perf_counter()
-            scored = evaluate_model(
-                model,
-                tokenizer,
-                examples,
-                "icot",
-                None,
-                True,
-                64,
-                quickstart._max_new_tokens(tokenizer, examples),
-                progress=False,
-                keep_position=keep,
-            )
-            scores[split] = {
-                "accuracy": scored["accuracy"],
-                "correct": scored["correct"],
-                "n": scored["n"],
-                "no_answer": scored.get("no_answer"),
-                "eval_seconds": round(time.perf_counter() - t1, 1),
-                "no_cot": True,
-                "keep_position": keep,
-                "sample_predictions": scored["predictions"][:3],
-            }
+        scores = score(model, tokenizer, directory, keep)
+        if args.score_steps:
+            from transformers import AutoModelForCausalLM
+
+            record["accuracy_at_step"] = {}
+            for step in (int(x) for x in args.score_steps.split(",")):
+                ckpt = run_dir / "out" / f"checkpoint-{step}"
+                at_step = score(AutoModelForCausalLM.from_pretrained(ckpt), tokenizer, directory, keep)
+                record["accuracy_at_step"][step] = at_step
+                say(
+                    f"step {step}: no-CoT exact val {at_step['val']['accuracy']:.3f}, test {at_step['test']['accuracy']:.3f}"
+                )
         if args.arm == "si":  # also: does it still answer with its CoT? (only informative early on)
             examples = quickstart.held_out_examples(directory / "valid.txt")
             scored = evaluate_model(

@@ -218,7 +218,7 @@ def prepare(directory: Path, sizes: Sizes) -> Path:
     disjoint, and a tiny model; return the model dir."""
     from axolotl_maskthought.data import generators as data
 
-    train = data.generate_multiplication(sizes.a_digits, sizes.b_digits, sizes.train_rows, seed=0)
+    train = data.generate_multiplication(sizes.a_digits, sizes.b_digits, sizes.train_rows, seed=0, distinct=True)
     seen = {line.split("||", 1)[0] for line in train}
     held_out = []
     for line in data.generate_multiplication(sizes.a_digits, sizes.b_digits, 4 * (sizes.test_rows + sizes.val_rows), 1):

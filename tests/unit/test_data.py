@@ -82,6 +82,19 @@ def test_generate_multiplication_rejects_bad_arguments() -> None:
         data.generate_multiplication(4, 4, -1, seed=0)
 
 
+def test_generate_multiplication_distinct() -> None:
+    """2x2 has 8,100 questions: 6,400 draws with replacement repeat many; distinct ones none."""
+    question = lambda line: line.split("||", 1)[0]  # noqa: E731
+    repeated = data.generate_multiplication(2, 2, 6400, seed=0)
+    assert len({question(line) for line in repeated}) < 5000
+    lines = data.generate_multiplication(2, 2, 6400, seed=0, distinct=True)
+    assert len({question(line) for line in lines}) == 6400
+    assert lines == data.generate_multiplication(2, 2, 6400, seed=0, distinct=True)
+    assert len(data.generate_multiplication(1, 1, 81, seed=0, distinct=True)) == 81
+    with pytest.raises(ValueError, match="exceeds the 81 distinct 1x1"):
+        data.generate_multiplication(1, 1, 82, seed=0, distinct=True)
+
+
 def test_parse_icot_line() -> None:
     assert astuple(parse_icot_line("q ||<<1+1=2>> #### 2\n")) == ("q", "<<1+1=2>>", "2")
     assert astuple(parse_icot_line("q|| #### 7")) == ("q", "", "7")
