@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from axolotl_maskthought.data.files import write_jsonl, write_lines
+from axolotl_maskthought.data.files import read_text_lines, write_jsonl, write_lines
 from axolotl_maskthought.data.generators import (
     _HANDLER,
     generate_arithmetic,
@@ -20,7 +20,10 @@ from axolotl_maskthought.data.generators import (
 
 def _run_multiplication(args: argparse.Namespace) -> str:
     b_digits = args.digits if args.digits_b is None else args.digits_b
-    lines = generate_multiplication(args.digits, b_digits, args.count, args.seed)
+    exclude = []
+    for path in args.exclude or ():
+        exclude += [line for _, line in read_text_lines(path)]
+    lines = generate_multiplication(args.digits, b_digits, args.count, args.seed, args.distinct, exclude)
     written = write_lines(args.output, lines)
     return f"wrote {written} {args.digits}x{b_digits} multiplication examples to {args.output}"
 
@@ -50,6 +53,13 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     mult.add_argument("--digits-b", type=int, help="digits of b (default: --digits)")
     mult.add_argument("--count", type=int, required=True, help="number of lines")
     mult.add_argument("--seed", type=int, default=0, help="random seed of the operands (default: %(default)s)")
+    mult.add_argument("--distinct", action="store_true", help="no question twice (sample without replacement)")
+    mult.add_argument(
+        "--exclude",
+        action="append",
+        metavar="FILE",
+        help="never draw a question of this ICoT file, e.g. the training file when writing a test file (repeatable)",
+    )
     mult.add_argument("--output", required=True, help="output .txt file")
     mult.set_defaults(**{_HANDLER: _run_multiplication})
 

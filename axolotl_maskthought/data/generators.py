@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from axolotl_maskthought.data.files import parse_json_line, read_text_lines, write_lines
@@ -74,6 +75,13 @@ def multiplication_line(a: int, b: int, a_digits: int, b_digits: int) -> str:
     return f"{question}{COT_SEPARATOR}{' + '.join(steps)} {ANSWER_MARKER} {answer}"
 
 
+def _digit_counts(question: str) -> tuple[int, int] | None:
+    try:
+        return parse_multiplication_question(question)[2:]
+    except ValueError:
+        return None
+
+
 def parse_multiplication_question(question: str) -> tuple[int, int, int, int]:
     """Operands and digit counts of a question like ``"5 6 3 2 * 7 4 3 4"``.
 
@@ -90,32 +98,43 @@ def parse_multiplication_question(question: str) -> tuple[int, int, int, int]:
     )
 
 
-def generate_multiplication(a_digits: int, b_digits: int, count: int, seed: int, distinct: bool = False) -> list[str]:
+def generate_multiplication(
+    a_digits: int, b_digits: int, count: int, seed: int, distinct: bool = False, exclude: Iterable[str] = ()
+) -> list[str]:
     """``count`` random multiplication lines, deterministic in ``seed``.
 
     Operands are uniform over numbers with exactly the given digit counts (leading digit
     1-9), matching the official valid/test files. With ``distinct`` no question repeats
     (sampling without replacement; on 2x2, with 8,100 questions in all, drawing with
-    replacement repeats about a third of 6,400 draws). Raises ``ValueError`` on a digit
-    count below 1, a negative ``count``, or a ``distinct`` count above the number of questions.
+    replacement repeats about a third of 6,400 draws). ``exclude``: ICoT lines or bare
+    questions (the text before ``||``) never drawn, e.g. a training file when writing a
+    held-out test file. Raises ``ValueError`` on a digit count below 1, a negative ``count``,
+    or more lines asked for than there are questions left to draw.
     """
     if a_digits < 1 or b_digits < 1:
         raise ValueError("digit counts must be at least 1")
     if count < 0:
         raise ValueError("count must be non-negative")
+    excluded = {line.split(COT_SEPARATOR, 1)[0].strip() for line in exclude}
     space = 9 * 10 ** (a_digits - 1) * 9 * 10 ** (b_digits - 1)
-    if distinct and count > space:
-        raise ValueError(f"count {count} exceeds the {space} distinct {a_digits}x{b_digits} questions")
+    left = space - sum(1 for question in excluded if _digit_counts(question) == (a_digits, b_digits))
+    if count and (left <= 0 or (distinct and count > left)):
+        what = "distinct " if distinct else ""
+        raise ValueError(
+            f"count {count} exceeds the {max(left, 0)} {what}{a_digits}x{b_digits} questions left "
+            f"({space} in all, {len(excluded)} excluded)"
+        )
     rng = random.Random(seed)
     lines, seen = [], set()
     while len(lines) < count:
         a = rng.randint(10 ** (a_digits - 1), 10**a_digits - 1)
         b = rng.randint(10 ** (b_digits - 1), 10**b_digits - 1)
-        if distinct:
-            if (a, b) in seen:
-                continue
-            seen.add((a, b))
-        lines.append(multiplication_line(a, b, a_digits, b_digits))
+        line = multiplication_line(a, b, a_digits, b_digits)
+        question = line.split(COT_SEPARATOR, 1)[0]
+        if question in excluded or (distinct and question in seen):
+            continue
+        seen.add(question)
+        lines.append(line)
     return lines
 
 

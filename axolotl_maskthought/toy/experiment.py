@@ -214,24 +214,28 @@ def strip_cot(line: str) -> str:
 
 
 def prepare(directory: Path, sizes: Sizes) -> Path:
-    """Write train (with and without CoT), validation (curves) and held-out test files, all
-    disjoint, and a tiny model; return the model dir."""
+    """Write the problem files (:func:`write_problems`) and a tiny model; return the model dir."""
+    train = write_problems(directory, sizes)
+    return build_model(directory / "model", train, sizes, seed=0)
+
+
+def write_problems(directory: Path, sizes: Sizes) -> list[str]:
+    """Write ``train_cot.txt`` (``sizes.train_rows`` distinct problems, seed 0), ``train_no_cot.txt``
+    (the same without CoT), ``test.txt`` and ``valid.txt`` (``test_rows`` and ``val_rows`` problems,
+    seed 1, none in training nor in each other); return the training lines. Raises ``ValueError``
+    when the problem space is too small for the sizes."""
     from axolotl_maskthought.data import generators as data
 
     train = data.generate_multiplication(sizes.a_digits, sizes.b_digits, sizes.train_rows, seed=0, distinct=True)
-    seen = {line.split("||", 1)[0] for line in train}
-    held_out = []
-    for line in data.generate_multiplication(sizes.a_digits, sizes.b_digits, 4 * (sizes.test_rows + sizes.val_rows), 1):
-        question = line.split("||", 1)[0]
-        if question not in seen:
-            seen.add(question)
-            held_out.append(line)
-    test, val = held_out[: sizes.test_rows], held_out[sizes.test_rows : sizes.test_rows + sizes.val_rows]
+    held_out = data.generate_multiplication(
+        sizes.a_digits, sizes.b_digits, sizes.test_rows + sizes.val_rows, seed=1, distinct=True, exclude=train
+    )
+    test, val = held_out[: sizes.test_rows], held_out[sizes.test_rows :]
     data.write_lines(directory / "train_cot.txt", train)
     data.write_lines(directory / "train_no_cot.txt", [strip_cot(line) for line in train])
     data.write_lines(directory / "test.txt", test)
     data.write_lines(directory / "valid.txt", val)
-    return build_model(directory / "model", train, sizes, seed=0)
+    return train
 
 
 def build_model(model_dir: Path, train: list[str], sizes: Sizes, seed: int) -> Path:

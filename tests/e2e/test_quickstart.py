@@ -129,6 +129,25 @@ def test_default_is_the_2x2_si_comparison_in_optimizer_steps():
     assert last < WIN_2X2_SIZES.max_steps
 
 
+def test_problem_files_are_distinct_and_held_out(tmp_path):
+    """The default's files: 6,400 distinct training problems of the 8,100 2x2 ones, then exactly 500 test
+    and 200 validation problems that are in neither training nor each other (drawing with replacement
+    once gave 4,370 distinct training problems, and a filter over a fixed number of draws once gave
+    460 test problems instead of 500)."""
+    from axolotl_maskthought.toy.experiment import WIN_2X2_SIZES, write_problems
+
+    write_problems(tmp_path, WIN_2X2_SIZES)
+    questions = {}
+    for name in ("train_cot", "train_no_cot", "test", "valid"):
+        lines = (tmp_path / f"{name}.txt").read_text(encoding="utf-8").splitlines()
+        questions[name] = [line.split("||", 1)[0] for line in lines]
+    assert len(questions["train_cot"]) == len(set(questions["train_cot"])) == WIN_2X2_SIZES.train_rows
+    assert questions["train_no_cot"] == questions["train_cot"]
+    assert len(set(questions["test"])) == WIN_2X2_SIZES.test_rows and len(set(questions["valid"])) == 200
+    assert not set(questions["test"]) & set(questions["valid"])
+    assert not (set(questions["test"]) | set(questions["valid"])) & set(questions["train_cot"])
+
+
 # ---- the command --------------------------------------------------------------------------------
 # `--quick` run with matplotlib made unimportable: a plain install without it must still train,
 # print the table and verdicts and write results.json; then the plot is drawn in this process.

@@ -95,6 +95,25 @@ def test_generate_multiplication_distinct() -> None:
         data.generate_multiplication(1, 1, 82, seed=0, distinct=True)
 
 
+def test_cli_multiplication_distinct_and_exclude(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The held-out recipe of the examples: a distinct training file, then a test file that shares none of
+    its questions; asking for more than is left fails with a message naming the counts."""
+    question = lambda line: line.split("||", 1)[0]  # noqa: E731
+    train, test = tmp_path / "train.txt", tmp_path / "test.txt"
+    assert (
+        data_cli.main(["multiplication", "--digits", "1", "--count", "70", "--distinct", "--output", str(train)]) == 0
+    )
+    argv = ["multiplication", "--digits", "1", "--count", "11", "--distinct", "--seed", "1", "--exclude", str(train)]
+    assert data_cli.main([*argv, "--output", str(test)]) == 0
+    train_q, test_q = {question(x) for x in _read_lines(train)}, {question(x) for x in _read_lines(test)}
+    assert len(train_q) == 70 and len(test_q) == 11 and not train_q & test_q
+    capsys.readouterr()
+    argv[4] = "12"
+    assert data_cli.main([*argv, "--output", str(tmp_path / "more.txt")]) == 2
+    assert "exceeds the 11 distinct 1x1 questions left (81 in all, 70 excluded)" in capsys.readouterr().err
+    assert not (tmp_path / "more.txt").exists()
+
+
 def test_parse_icot_line() -> None:
     assert astuple(parse_icot_line("q ||<<1+1=2>> #### 2\n")) == ("q", "<<1+1=2>>", "2")
     assert astuple(parse_icot_line("q|| #### 7")) == ("q", "", "7")
