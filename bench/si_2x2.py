@@ -61,6 +61,17 @@ def parse():
     p.add_argument("--epochs", type=int, default=80)
     p.add_argument("--start-epoch", type=int, default=10, help="full-CoT epochs before removal")
     p.add_argument("--steps-per-token", type=float, default=500, help="P: optimizer steps per removed token")
+    p.add_argument(
+        "--pace",
+        choices=["delta", "steps", "gate"],
+        default="delta",
+        help="delta: tokens_per_epoch = micro_batches_per_epoch / P with start_epoch (the paper's form); "
+        "steps: cot_removal.steps_per_token P with start_step = start_epoch x micro_batches_per_epoch; "
+        "gate: cot_removal.loss_gate (--gate-min/--gate-max/--gate-recovery) from that start_step",
+    )
+    p.add_argument("--gate-min", type=int, default=100, help="loss_gate.min_steps")
+    p.add_argument("--gate-max", type=int, default=2000, help="loss_gate.max_steps")
+    p.add_argument("--gate-recovery", type=float, default=0.8, help="loss_gate.recovery")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup-steps", type=int, default=200, help="linear LR warm-up, then constant (0: constant)")
@@ -79,6 +90,12 @@ def parse():
         help="comma-separated steps whose checkpoints are also scored after training (each must be a multiple "
         "of --save-steps; checkpoints are then all kept); with a constant LR and a pace in steps a run "
         "stopped at step S is the same as this run at S",
+    )
+    p.add_argument(
+        "--score-only",
+        action="store_true",
+        help="do not train: score the finished run's saved model (and --score-steps checkpoints) again, "
+        "keeping the training figures of its failed record (for a run whose scoring failed)",
     )
     p.add_argument("--resume", action="store_true", help="resume from the last checkpoint in the run's output_dir")
     p.add_argument("--logging-steps", type=int, default=10)
@@ -184,6 +201,9 @@ def main():
         "status": "running",
     }
     say = lambda text: print(f"[{time.strftime('%H:%M:%S')}] {name}: {text}", flush=True)  # noqa: E731
+    failed_path = results / f"{name}.failed.json"
+    if args.score_only and not failed_path.exists():
+        out_path.rename(failed_path)
     out_path.write_text(json.dumps(record, indent=1))
     wall0 = time.perf_counter()
     try:
@@ -216,11 +236,20 @@ def main():
                 keep_position=bool(args.keep_position),
                 reset_optimizer=bool(args.reset),
             )
+            removal = method.blocks["cot_removal"]
+            if args.pace != "delta":
+                del removal["tokens_per_epoch"], removal["start_epoch"]
+                removal["start_step"] = args.start_epoch * mbpe
+            if args.pace == "steps":
+                removal["steps_per_token"] = int(args.steps_per_token)
+            elif args.pace == "gate":
+                gate = {"min_steps": args.gate_min, "max_steps": args.gate_max, "recovery": args.gate_recovery}
+                removal["loss_gate"] = gate
         else:
             method = quickstart.NO_COT
         config = quickstart.config_for(method, sizes, directory, model_dir, args.seed)
         run_dir = Path(args.work) / "runs" / name
-        if run_dir.exists() and not args.resume:
+        if run_dir.exists() and not (args.resume or args.score_only):
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         config["output_dir"] = str(run_dir / "out")
@@ -241,7 +270,7 @@ def main():
         if args.save_steps:
             config["save_strategy"] = "steps"
             config["save_steps"] = args.save_steps
-            config["save_total_limit"] = None if args.score_steps else 2
+            config["save_total_limit"] = 100 if args.score_steps else 2  # axolotl keeps 4 when null
         if args.resume:
             ckpts = sorted((run_dir / "out").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
             if ckpts:
@@ -250,31 +279,49 @@ def main():
         config_path = run_dir / "config.yml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         record["config"] = config
-        say(f"training ({args.arm}; Δ={delta:.4f}, {args.steps_per_token} steps/token) config {config_path}")
-        t0, c0 = time.perf_counter(), time.process_time()
-        model, tokenizer, trainer = quickstart.train_in_process(config_path)
-        train_wall, train_cpu = time.perf_counter() - t0, time.process_time() - c0
-        history = trainer.state.log_history
-        runtime = next((e["train_runtime"] for e in history if "train_runtime" in e), train_wall)
-        steps = trainer.state.global_step
-        record.update(
-            steps=steps,
-            train_runtime_s=round(runtime, 1),
-            train_call_wall_s=round(train_wall, 1),
-            steps_per_second=round(steps / runtime, 2) if runtime else None,
-            train_call_cpu_s=round(train_cpu, 1),  # CPU time of this process: the speed on an idle core
-            steps_per_cpu_second=round(steps / train_cpu, 2) if train_cpu else None,
-            micro_batches_per_epoch=getattr(trainer, "micro_batches_per_epoch", None),
-            parameters=model.num_parameters(),
-        )
+        pace = f"Δ={delta:.4f}, {args.steps_per_token} steps/token" if args.pace != "gate" else "loss gate"
+        say(f"training ({args.arm}; {args.pace}: {pace}) config {config_path}")
+        if args.score_only:  # the failed record's training figures, the saved model and its last trainer state
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            previous = json.loads(failed_path.read_text())
+            keys = ("steps", "train_runtime_s", "train_call_wall_s", "steps_per_second", "train_call_cpu_s")
+            keys += ("steps_per_cpu_second", "micro_batches_per_epoch", "parameters", "started_utc")
+            record.update({key: previous.get(key) for key in keys}, scored_again_after=previous.get("error"))
+            out = (run_dir / "out").resolve()
+            model, tokenizer = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+            last = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+            history = json.loads((last / "trainer_state.json").read_text())["log_history"]
+            steps, runtime = record["steps"], record["train_runtime_s"]
+        else:
+            t0, c0 = time.perf_counter(), time.process_time()
+            model, tokenizer, trainer = quickstart.train_in_process(config_path)
+            train_wall, train_cpu = time.perf_counter() - t0, time.process_time() - c0
+            history = trainer.state.log_history
+            runtime = next((e["train_runtime"] for e in history if "train_runtime" in e), train_wall)
+            steps = trainer.state.global_step
+            record.update(
+                steps=steps,
+                train_runtime_s=round(runtime, 1),
+                train_call_wall_s=round(train_wall, 1),
+                steps_per_second=round(steps / runtime, 2) if runtime else None,
+                train_call_cpu_s=round(train_cpu, 1),  # CPU time of this process: the speed on an idle core
+                steps_per_cpu_second=round(steps / train_cpu, 2) if train_cpu else None,
+                micro_batches_per_epoch=getattr(trainer, "micro_batches_per_epoch", None),
+                parameters=model.num_parameters(),
+            )
         keep = bool(args.arm == "si" and args.keep_position)
         scores = score(model, tokenizer, directory, keep)
+        record["accuracy"] = scores
         if args.score_steps:
             from transformers import AutoModelForCausalLM
 
             record["accuracy_at_step"] = {}
             for step in (int(x) for x in args.score_steps.split(",")):
-                ckpt = run_dir / "out" / f"checkpoint-{step}"
+                ckpt = (run_dir / "out" / f"checkpoint-{step}").resolve()
+                if not ckpt.is_dir():
+                    say(f"step {step}: no checkpoint {ckpt}")
+                    continue
                 at_step = score(AutoModelForCausalLM.from_pretrained(ckpt), tokenizer, directory, keep)
                 record["accuracy_at_step"][step] = at_step
                 say(
