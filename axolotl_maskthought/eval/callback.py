@@ -214,9 +214,10 @@ class AnswerAccuracyCallback(TrainerCallback):
 
 def dataset_format(cfg) -> str | None:
     """``icot`` / ``gsm8k`` from the first evaluation (else training) dataset whose ``type:``
-    the registry (:func:`axolotl_maskthought.data.registry.dataset_type`) says eval supports."""
+    the registry (:func:`axolotl_maskthought.data.registry.dataset_type`) says this callback
+    supports (``accuracy_callback``: not chat rows, which ``eval --config`` scores after training)."""
     for *_, entry in dataset_entries(cfg, keys=("test_datasets", "datasets")):
-        if entry is not None and entry.evaluates:
+        if entry is not None and entry.accuracy_callback:
             return entry.format
     return None
 

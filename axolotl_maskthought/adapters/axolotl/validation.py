@@ -277,7 +277,9 @@ def _check_cot_format(data: dict, strategies: set[str]) -> None:
         if not strategies.intersection(COT_FORMAT_READERS["eval_accuracy_samples"]):
             raise ValueError(
                 "`cot_format.eval_accuracy_samples` works with the `icot` and `gsm8k` strategies of this "
-                "package; no entry of `datasets` or `test_datasets` uses them"
+                "package; no entry of `datasets` or `test_datasets` uses them (chat_template rows: remove "
+                "`cot_format.eval_accuracy_samples` and score them after training with "
+                "`axolotl-maskthought eval --config CONFIG --data TEST.jsonl [--no-cot]`)"
             )
 
 
