@@ -186,16 +186,13 @@ def test_generation_stops_at_the_templates_end_of_turn(tokenizer, name, end):
 
 
 # ---- eval end to end -------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tokenizer):
-    """A tiny Llama trained by `axolotl train` on bundled qwen3 with the whole CoT removed
-    from step 0 (it learns the no-thinking layout's answers), and its config."""
+def _train(root: Path, tokenizer, steps: int, **blocks) -> dict:
+    """A tiny Llama trained by `axolotl train` on the five conversations, bundled qwen3."""
     from axolotl.utils.data import sft
     from axolotl_run import run_in_process, save_prepared_in_process, write_config, write_jsonl
 
     from axolotl_maskthought.toy.tiny import build_model
 
-    root = tmp_path_factory.mktemp("chat_eval")
     rows = [_row(i) for i in range(len(QUESTIONS))]
     model_dir = root / "model"
     build_model(tokenizer, hidden=64, layers=2, heads=4).save_pretrained(model_dir)
@@ -210,22 +207,38 @@ def trained(tmp_path_factory, tokenizer):
         sequence_len=256,
         micro_batch_size=len(rows),
         learning_rate=0.003,
-        max_steps=80,
+        max_steps=steps,
         num_epochs=1000,
         logging_steps=20,
-        cot_removal={"tokens_per_epoch": 1, "remove_all_at": 0, "smoothing_lambda": None},
+        **blocks,
     )
-    threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sft, "save_preprocessed_dataset", save_prepared_in_process)
         run_in_process(config)
     torch.set_num_threads(1)
-    yield {"root": root, "config": config, "out": root / "out"}
+    return {"root": root, "config": config, "out": root / "out"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tokenizer):
+    """Stepwise Internalization's end point: the whole CoT removed from step 0, so the model
+    learns the answers in the no-thinking layout."""
+    threads = torch.get_num_threads()
+    removal = {"tokens_per_epoch": 1, "remove_all_at": 0, "smoothing_lambda": None}
+    yield _train(tmp_path_factory.mktemp("chat_eval_si"), tokenizer, 80, cot_removal=removal)
     torch.set_num_threads(threads)
 
 
-def _eval(args: list) -> int:
-    return main(["eval", *map(str, args), "--no-progress", "--max-new-tokens", MAX_NEW])
+@pytest.fixture(scope="module")
+def trained_with_cot(tmp_path_factory, tokenizer):
+    """Plain SFT on the same rows: the model learns reasoning, `</think>` and the answer."""
+    threads = torch.get_num_threads()
+    yield _train(tmp_path_factory.mktemp("chat_eval_cot"), tokenizer, 120)
+    torch.set_num_threads(threads)
+
+
+def _eval(args: list, max_new: str = MAX_NEW) -> int:
+    return main(["eval", *map(str, args), "--no-progress", "--max-new-tokens", max_new])
 
 
 def _read(output: Path) -> tuple[list[dict], dict]:
@@ -266,20 +279,29 @@ def test_eval_no_cot_on_chat_data(trained, tokenizer, tmp_path, capsys):
     assert "accuracy 0.8000 (4/5)" in out and "[chat, no CoT" in out
 
 
-def test_eval_with_cot_on_chat_data(trained, tokenizer, tmp_path):
+def test_eval_with_cot_on_chat_data(trained_with_cot, tokenizer, tmp_path, capsys):
+    trained = trained_with_cot
     data, output = _test_file(trained["root"]), tmp_path / "cot"
-    assert _eval(["--config", trained["config"], "--data", data, "--output", output, "--format", "chat"]) == 0
+    assert _eval(["--config", trained["config"], "--data", data, "--output", output], max_new="64") == 0
+    out = capsys.readouterr().out
     rows, summary = _read(output)
     assert summary["format"] == "chat" and summary["no_cot"] is False and summary["n"] == 5
     strat = _settings("qwen3").strategy(tokenizer)
+    golds = ANSWERS[:4] + ["6"]
     for i, row in enumerate(rows):
+        assert row["gold"] == golds[i]
         assert row["prompt"] == tokenizer.decode(strat.prompt_ids(_row(i)))
         assert row["prompt"].endswith("<|im_start|>assistant\n<think>\n")
-        extracted, correct = scoring.score_generation(row["generation"], row["gold"], "chat", False)
-        assert (row["extracted"], row["correct"]) == (extracted, correct)
-        assert (extracted is None) == ("</think>" not in row["generation"])
-    assert summary["correct"] == sum(row["correct"] for row in rows)
-    assert summary["no_answer"] == sum(1 for row in rows if not row["extracted"])
+        # the memorised reasoning, the closing tag, then the answer that is scored
+        assert row["generation"] == f"{REASONINGS[i]}\n</think>\n\n{ANSWERS[i]}", row
+        assert row["finished"] is True and row["extracted"] == ANSWERS[i]
+        assert (row["extracted"], row["correct"]) == scoring.score_generation(row["generation"], row["gold"], "chat")
+    assert [row["correct"] for row in rows] == [True, True, True, True, False]
+    assert (summary["correct"], summary["wrong"], summary["no_answer"], summary["unfinished"]) == (4, 1, 0, 0)
+    assert "accuracy 0.8000 (4/5)" in out and "[chat, CoT" in out
+    # the same model asked for no CoT answers from the empty think block it never trained on
+    assert _eval(["--config", trained["config"], "--data", data, "--output", tmp_path / "nc", "--no-cot"]) == 0
+    assert all(row["prompt"].endswith("<think>\n\n</think>\n\n") for row in _read(tmp_path / "nc")[0])
 
 
 def test_eval_refuses_bad_chat_rows_before_loading_a_model(tmp_path, capsys):
