@@ -183,3 +183,24 @@ def test_chat_config_evaluates_with_its_template_but_not_in_training(tmp_path):
     )
     jinja = settings_from_config(path)["chat"]
     assert jinja.config["chat_template"] == "jinja" and jinja.describe() == "jinja"
+
+
+@pytest.mark.parametrize(
+    "evaluation, culprit",
+    [
+        ({"val_set_size": 0.2}, r"`datasets\[1\]`"),  # the split mixes the chat rows in
+        ({"test_datasets": [{"path": "test.jsonl", "type": CHAT}]}, r"`test_datasets\[0\]`"),
+    ],
+)
+def test_accuracy_callback_refuses_chat_evaluation_rows_by_name(evaluation, culprit):
+    """A gsm8k dataset beside a chat one used to pass the check, and the callback then met
+    chat rows after the model had loaded."""
+    config = {
+        "datasets": [{"path": "train.jsonl", "type": GSM8K}, {"path": "chat.jsonl", "type": CHAT}],
+        "cot_format": {"eval_accuracy_samples": 4},
+        **evaluation,
+    }
+    with pytest.raises(ValueError, match=rf"`cot_format.eval_accuracy_samples` generates on icot and gsm8k.*{culprit}"):
+        validation.check_config(config)
+    # gsm8k evaluation rows beside chat training rows are fine
+    validation.check_config({**config, "test_datasets": [{"path": "test.jsonl", "type": GSM8K}]})
