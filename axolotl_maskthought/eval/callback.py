@@ -70,7 +70,7 @@ def example_from_tokens(
             question = question.rstrip()[: -len(suffix.strip())]
         question = question.strip()
     else:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {EVAL_FORMATS}")
+        raise ValueError(f"format {fmt!r}: the accuracy callback takes gsm8k or icot rows (of {EVAL_FORMATS})")
     return CoTExample(question, decode(input_ids[prompt_end:cot_end]).strip(), answer)
 
 
