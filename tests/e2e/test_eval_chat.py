@@ -5,11 +5,11 @@ The prompts are checked token for token against the training layout of the
 ``chat_template`` strategy on every template the chat tests cover (the bundled templates
 that render reasoning, and inlined reasoning): with ``--no-cot`` the prompt is the training
 row with its whole CoT removed, up to the answer (the template's ``enable_thinking=False``
-prompt), with CoT the training row up to the reasoning. Then a tiny model trained through
-``axolotl train`` on bundled qwen3 with the whole CoT removed from the first step is
-evaluated by ``axolotl-maskthought eval --config`` on the same YAML, with and without
-``--no-cot``; generation stops at the template's ``<|im_end|>`` (the tokenizer's EOS is
-``</s>``). Nothing is mocked.
+prompt), with CoT the training row up to the reasoning. Then tiny models trained through
+``axolotl train`` on bundled qwen3 are evaluated by ``axolotl-maskthought eval --config`` on
+the same YAML: one with the whole CoT removed from the first step (``keep_position``) with
+``--no-cot``, one trained with its CoT without it; generation stops at the template's
+``<|im_end|>`` (the tokenizer's EOS is ``</s>``). Nothing is mocked.
 """
 
 from __future__ import annotations
@@ -222,9 +222,9 @@ def _train(root: Path, tokenizer, steps: int, **blocks) -> dict:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tokenizer):
     """Stepwise Internalization's end point: the whole CoT removed from step 0, so the model
-    learns the answers in the no-thinking layout."""
+    learns the answers in the no-thinking layout, at the positions `keep_position` keeps."""
     threads = torch.get_num_threads()
-    removal = {"tokens_per_epoch": 1, "remove_all_at": 0, "smoothing_lambda": None}
+    removal = {"tokens_per_epoch": 1, "remove_all_at": 0, "smoothing_lambda": None, "keep_position": True}
     yield _train(tmp_path_factory.mktemp("chat_eval_si"), tokenizer, 80, cot_removal=removal)
     torch.set_num_threads(threads)
 
@@ -261,6 +261,7 @@ def test_eval_no_cot_on_chat_data(trained, tokenizer, tmp_path, capsys):
     rows, summary = _read(output)
     assert summary["format"] == "chat" and summary["no_cot"] is True and summary["chat_template"] == "qwen3"
     assert summary["model"] == str(trained["out"])
+    assert summary["keep_position"] is True  # from the YAML: positions numbered as training kept them
     strat = _settings("qwen3").strategy(tokenizer)
     golds = ANSWERS[:4] + ["6"]
     for i, row in enumerate(rows):
@@ -277,6 +278,25 @@ def test_eval_no_cot_on_chat_data(trained, tokenizer, tmp_path, capsys):
     assert rows[4]["extracted"] == "5"
     assert (summary["correct"], summary["wrong"], summary["no_answer"], summary["unfinished"]) == (4, 1, 0, 0)
     assert "accuracy 0.8000 (4/5)" in out and "[chat, no CoT" in out
+
+
+def test_eval_no_cot_without_keep_position_numbers_plainly(trained, tmp_path, capsys):
+    # the same YAML without `cot_removal.keep_position`: the same prompt tokens, numbered 0..n-1
+    # (here 0/5 right, against 4/5 numbered as training kept them)
+    import yaml
+
+    cfg = yaml.safe_load(trained["config"].read_text())
+    del cfg["cot_removal"]["keep_position"]
+    config = tmp_path / "plain.yml"
+    config.write_text(yaml.safe_dump(cfg))
+    data, kept, plain = _test_file(trained["root"]), tmp_path / "kept", tmp_path / "plain"
+    assert _eval(["--config", trained["config"], "--data", data, "--no-cot", "--output", kept]) == 0
+    assert _eval(["--config", config, "--data", data, "--no-cot", "--output", plain]) == 0
+    assert "shifted by each example's CoT length" in capsys.readouterr().err
+    assert _read(kept)[1]["keep_position"] is True and _read(plain)[1]["keep_position"] is False
+    assert [row["prompt"] for row in _read(kept)[0]] == [row["prompt"] for row in _read(plain)[0]]
+    # the model needs the positions it trained at: numbered plainly, it does not find its answers
+    assert _read(plain)[1]["accuracy"] < _read(kept)[1]["accuracy"] == 0.8
 
 
 def test_eval_with_cot_on_chat_data(trained_with_cot, tokenizer, tmp_path, capsys):
