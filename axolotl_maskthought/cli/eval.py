@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 from axolotl_maskthought.cli import CommandError
+from axolotl_maskthought.data.registry import DATASET_TYPES
+from axolotl_maskthought.eval.chat import ChatSettings
 from axolotl_maskthought.eval.evaluation import evaluate_model
 from axolotl_maskthought.eval.loading import _has_tokenizer, load_model_and_tokenizer
 from axolotl_maskthought.eval.scoring import (
@@ -39,12 +41,18 @@ def _resolve(args) -> dict:
         cot_format = CoTFormatConfig(**{**base, "prompt_template": prompt_template})
     fmt = args.format or settings.get("format")
     if fmt is None and args.config:
+        evaluated = " or ".join(f"`{entry.module}`" for entry in DATASET_TYPES if entry.evaluates)
         raise CommandError(
-            f"{args.config}: no dataset `type:` is axolotl_maskthought.strategies.gsm8k or .icot "
-            f"(found {settings.get('dataset_types')}); pass --format"
+            f"{args.config}: no dataset `type:` is {evaluated} (found {settings.get('dataset_types')}); pass --format"
         )
     fmt = infer_format(args.data, fmt)
-    template = (cot_format or CoTFormatConfig()).template()
+    if fmt == "chat":
+        if prompt_template is not None:
+            raise CommandError("--prompt-template is the gsm8k prompt; chat prompts come from the chat template")
+        # the chat template and options of --config's chat dataset (else the tokenizer's own template)
+        template = settings.get("chat") or ChatSettings()
+    else:
+        template = (cot_format or CoTFormatConfig()).template()
     return {"settings": settings, "cot_format": cot_format, "format": fmt, "template": template}
 
 
@@ -62,6 +70,8 @@ def run_eval(args) -> int:
             raise CommandError("--inject-error feeds a corrupted CoT prefix: use --backend transformers")
     resolved = _resolve(args)
     settings, fmt = resolved["settings"], resolved["format"]
+    if fmt == "chat" and args.inject_error:
+        raise CommandError("--inject-error corrupts an icot or gsm8k CoT; it does not support chat data")
     examples = load_examples(args.data, fmt, resolved["cot_format"], limit=args.limit)
     model_path = args.model or settings["model"]
     if not args.model and not settings["trained"]:
@@ -124,6 +134,7 @@ def run_eval(args) -> int:
         "batch_size": args.batch_size,
         "max_new_tokens": args.max_new_tokens,
         "prompt_template": resolved["template"] if fmt == "gsm8k" else None,
+        "chat_template": resolved["template"].describe() if fmt == "chat" else None,
         "unfinished": sum(1 for row in predictions if not row["finished"]),
     }
     print(
@@ -152,6 +163,8 @@ def run_eval(args) -> int:
 
 
 def run_score(args) -> int:
+    from axolotl_maskthought.config import CoTFormatConfig
+
     resolved = _resolve(args)
     fmt = resolved["format"]
     examples = load_examples(args.data, fmt, resolved["cot_format"], limit=args.limit)
@@ -161,7 +174,8 @@ def run_score(args) -> int:
             f"{args.predictions}: {len(generations)} generations for {len(examples)} examples in {args.data} "
             "(same order, one per example; --limit N scores the first N)"
         )
-    rows, summary = score_generations(examples, generations, fmt, args.no_cot)
+    close_tag = (resolved["cot_format"] or CoTFormatConfig()).think_tags[1]
+    rows, summary = score_generations(examples, generations, fmt, args.no_cot, close_tag)
     summary.update(data=str(args.data), predictions=str(args.predictions), format=fmt, no_cot=args.no_cot)
     print(f"{args.data}: {summary_line(summary)} [{fmt}, {'no CoT' if args.no_cot else 'CoT'}]")
     note = no_answer_note(rows, fmt, args.no_cot)
@@ -173,13 +187,20 @@ def run_score(args) -> int:
 
 
 def _common_flags(parser) -> None:
-    parser.add_argument("--data", required=True, help="test file: .jsonl (gsm8k) or .txt (icot lines)")
-    parser.add_argument("--format", help="gsm8k or icot (default: from --config's dataset type, else the suffix)")
-    parser.add_argument("--config", help="training YAML: model, tokenizer, prompt template and format")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="test file: .jsonl (gsm8k, or chat: rows with `messages`/`conversations`) or .txt (icot lines)",
+    )
+    parser.add_argument("--format", help="gsm8k, icot or chat (default: from --config's dataset type, else the file)")
+    parser.add_argument(
+        "--config", help="training YAML: model, tokenizer, format, prompt template or chat template and fields"
+    )
     parser.add_argument(
         "--no-cot",
         action="store_true",
-        help="answer without CoT: gsm8k prompts end with `####`, icot prompts with both EOS",
+        help="answer without CoT: gsm8k prompts end with `####`, icot prompts with both EOS, chat prompts with "
+        "the template's empty reasoning (Qwen3: `<think>\\n\\n</think>\\n\\n`)",
     )
     parser.add_argument("--limit", type=int, help="only the first N examples")
     parser.add_argument("--output", help="directory for predictions.jsonl and summary.json")
@@ -191,7 +212,8 @@ def register(subparsers) -> None:
         "eval",
         help="greedy generation on a test file and accuracy",
         description="Greedy, batched generation with the training prompt layout, scored as in the papers "
-        "(gsm8k: number after '#### ' within 1e-4; icot: exact answer after '####').",
+        "(gsm8k: number after '#### ' within 1e-4; icot: exact answer after '####'; chat: the answer, after "
+        "'</think>' with CoT, equal to the final assistant content, or as numbers within 1e-4).",
     )
     evaluate.add_argument("model", nargs="?", help="axolotl output dir (full weights or LoRA adapter) or model dir")
     _common_flags(evaluate)

@@ -18,8 +18,8 @@ class DatasetType:
     """One dataset type of this package.
 
     ``name``: the strategy (``type: axolotl_maskthought.strategies.<name>``); ``format``: the
-    name ``eval``/``score`` and the accuracy callback prompt and score it by, None where they
-    do not support it; ``cot_span``: how its strategy records the ``cot_mask`` span;
+    name ``eval``/``score`` prompt and score it by, None where they do not support it (the
+    in-training accuracy callback: :attr:`accuracy_callback`); ``cot_span``: how its strategy records the ``cot_mask`` span;
     ``files``: how its local files are read (``data.files.read_rows``); ``suffixes``: the file
     suffixes whose format ``eval`` infers as this one; ``dataset_keys``: per-dataset keys
     (beyond axolotl's loader keys) its strategy reads; ``cot_format_keys``: the
@@ -41,8 +41,15 @@ class DatasetType:
 
     @property
     def evaluates(self) -> bool:
-        """Whether ``eval``/``score`` and ``cot_format.eval_accuracy_samples`` support it."""
+        """Whether ``eval``/``score`` support it (``--format``, ``eval --config``)."""
         return self.format is not None
+
+    @property
+    def accuracy_callback(self) -> bool:
+        """Whether the in-training accuracy callback (``cot_format.eval_accuracy_samples``)
+        supports it: it rebuilds prompts from the tokenized evaluation rows, which only the
+        icot and gsm8k layouts allow (chat rows: ``eval --config`` after training)."""
+        return self.evaluates and "eval_accuracy_samples" in self.cot_format_keys
 
 
 DATASET_TYPES = (
@@ -73,7 +80,7 @@ DATASET_TYPES = (
     ),
     DatasetType(
         name="chat_template",
-        format=None,
+        format="chat",
         cot_span="the reasoning text of assistant turns, as the chat template renders it",
         files="JSON lines or one JSON array of conversations",
         dataset_keys=frozenset({"chat_template", "chat_template_jinja"}),
@@ -83,7 +90,7 @@ DATASET_TYPES = (
     ),
 )
 BY_NAME = {entry.name: entry for entry in DATASET_TYPES}
-EVAL_FORMATS = tuple(entry.format for entry in DATASET_TYPES if entry.format is not None)  # ("gsm8k", "icot")
+EVAL_FORMATS = tuple(entry.format for entry in DATASET_TYPES if entry.format is not None)  # gsm8k, icot, chat
 
 
 def split_type(ds_type) -> tuple[str, str | None]:
@@ -117,7 +124,9 @@ def has_suffix(ds_type) -> bool:
 
 
 def format_for_suffix(suffix: str) -> str | None:
-    """The eval format of a file suffix (``.jsonl``/``.json`` gsm8k, ``.txt`` icot), or None."""
+    """The eval format of a file suffix (``.jsonl``/``.json`` gsm8k, ``.txt`` icot), or None.
+    Chat files share gsm8k's suffixes: ``eval`` tells them apart by their rows
+    (:func:`axolotl_maskthought.eval.scoring.infer_format`)."""
     suffix = suffix.lower()
     return next((entry.format for entry in DATASET_TYPES if entry.evaluates and suffix in entry.suffixes), None)
 

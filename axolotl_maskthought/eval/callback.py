@@ -70,7 +70,7 @@ def example_from_tokens(
             question = question.rstrip()[: -len(suffix.strip())]
         question = question.strip()
     else:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {EVAL_FORMATS}")
+        raise ValueError(f"format {fmt!r}: the accuracy callback takes gsm8k or icot rows (of {EVAL_FORMATS})")
     return CoTExample(question, decode(input_ids[prompt_end:cot_end]).strip(), answer)
 
 
@@ -214,9 +214,10 @@ class AnswerAccuracyCallback(TrainerCallback):
 
 def dataset_format(cfg) -> str | None:
     """``icot`` / ``gsm8k`` from the first evaluation (else training) dataset whose ``type:``
-    the registry (:func:`axolotl_maskthought.data.registry.dataset_type`) says eval supports."""
+    the registry (:func:`axolotl_maskthought.data.registry.dataset_type`) says this callback
+    supports (``accuracy_callback``: not chat rows, which ``eval --config`` scores after training)."""
     for *_, entry in dataset_entries(cfg, keys=("test_datasets", "datasets")):
-        if entry is not None and entry.evaluates:
+        if entry is not None and entry.accuracy_callback:
             return entry.format
     return None
 

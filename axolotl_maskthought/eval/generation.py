@@ -16,20 +16,31 @@ def _forward_accepts(model, name: str) -> bool:
     return name in inspect.signature(base.forward).parameters
 
 
+def stop_id_set(eos_token_id: int | Sequence[int]) -> set[int]:
+    """The stop ids of ``eos_token_id``: one id, or several (chat: EOS and end-of-turn
+    tokens), any of which counts as an EOS."""
+    ids = {int(eos_token_id)} if isinstance(eos_token_id, int) else {int(token) for token in eos_token_id}
+    if not ids:
+        raise ValueError("no stop token id: generation could never stop")
+    return ids
+
+
 def _greedy_batch(
     model,
     prompts: Sequence[Sequence[int]],
-    eos_token_id: int,
+    eos_token_id: int | Sequence[int],
     pad_token_id: int,
     stop_after_eos: int,
     max_new_tokens: int,
     position_shifts: Sequence[tuple[int, int]] | None = None,
 ) -> list[tuple[list[int], bool]]:
     """One left-padded batch: (generated ids up to and including the stopping EOS, stopped).
+    ``eos_token_id``: one id or several (:func:`stop_id_set`).
     ``position_shifts[row] = (start, shift)``: prompt tokens from index ``start`` on, and
     every generated token, get position ids ``shift`` higher (see :func:`kept_position_shifts`)."""
     import torch
 
+    stop_ids = stop_id_set(eos_token_id)
     device = next(model.parameters()).device
     batch, width = len(prompts), max(len(prompt) for prompt in prompts)
     input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long)
@@ -65,7 +76,7 @@ def _greedy_batch(
             if done[row]:
                 continue
             generated[row].append(token)
-            if token == eos_token_id:
+            if token in stop_ids:
                 eos_seen[row] += 1
                 done[row] = eos_seen[row] >= stop_after_eos
         if all(done):
@@ -80,7 +91,7 @@ def _greedy_batch(
 def generate_greedy(
     model,
     prompts: Sequence[Sequence[int]],
-    eos_token_id: int,
+    eos_token_id: int | Sequence[int],
     pad_token_id: int | None = None,
     stop_after_eos: int = 1,
     batch_size: int = 8,
@@ -91,7 +102,9 @@ def generate_greedy(
     """Greedy continuations of ``prompts`` with a transformers causal LM, in input order.
 
     Batches are formed from prompts of similar length (fewer pads); each row stops
-    at its ``stop_after_eos``-th generated EOS or after ``max_new_tokens``. Returns
+    at its ``stop_after_eos``-th generated EOS or after ``max_new_tokens``.
+    ``eos_token_id`` may be several ids (chat: EOS and end-of-turn tokens), each an EOS
+    here; without ``pad_token_id`` one of them pads (masked out). Returns
     (generated ids including the final EOS, whether the row stopped on EOS). The
     model is put in eval mode and its training mode restored afterwards.
     """
@@ -100,7 +113,7 @@ def generate_greedy(
 
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError("batch size and max new tokens must be at least 1")
-    pad = pad_token_id if pad_token_id is not None else eos_token_id
+    pad = pad_token_id if pad_token_id is not None else min(stop_id_set(eos_token_id))
     order = sorted(range(len(prompts)), key=lambda index: -len(prompts[index]))
     results: list = [None] * len(prompts)
     was_training = model.training

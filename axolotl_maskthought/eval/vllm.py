@@ -43,19 +43,24 @@ def load_vllm(
 def generate_vllm(
     llm,
     prompts: Sequence[Sequence[int]],
-    eos_token_id: int,
+    eos_token_id: int | Sequence[int],
     stop_after_eos: int = 1,
     max_new_tokens: int = 512,
     lora_request=None,
     progress: bool = True,
 ) -> list[tuple[list[int], bool]]:
-    """Greedy continuations with vLLM, same contract as :func:`generate_greedy`.
+    """Greedy continuations with vLLM, same contract as :func:`generate_greedy`
+    (``eos_token_id``: one id or several, each an EOS).
 
     vLLM stops a request at a token, not at its n-th occurrence, so each round
     generates up to the next EOS and feeds the unfinished rows back (greedy: the
     same tokens as one long run).
     """
+    from axolotl_maskthought.eval.generation import stop_id_set
+
     vllm = _import_vllm()
+    stop_ids = stop_id_set(eos_token_id)
+    first_stop = eos_token_id if isinstance(eos_token_id, int) else next(iter(eos_token_id))
     generated: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     pending = list(range(len(prompts)))
@@ -64,13 +69,13 @@ def generate_vllm(
         if not pending:
             break
         requests = [{"prompt_token_ids": list(prompts[i]) + generated[i]} for i in pending]
-        # Only the tokenizer's EOS ends a segment (as in the transformers backend), not the
+        # Only the given stop ids end a segment (as in the transformers backend), not the
         # model's other end-of-turn ids.
         params = [
             vllm.SamplingParams(
                 temperature=0.0,
                 max_tokens=max_new_tokens - len(generated[i]),
-                stop_token_ids=[eos_token_id],
+                stop_token_ids=sorted(stop_ids),
                 ignore_eos=True,
                 detokenize=False,
             )
@@ -82,10 +87,11 @@ def generate_vllm(
             completion = output.outputs[0]
             tokens = list(completion.token_ids)
             stopped = completion.finish_reason == "stop"
-            if stopped and (not tokens or tokens[-1] != eos_token_id):
-                tokens.append(eos_token_id)
+            if stopped and (not tokens or tokens[-1] not in stop_ids):
+                reason = getattr(completion, "stop_reason", None)  # the stop id that ended it
+                tokens.append(reason if reason in stop_ids else first_stop)
             generated[index].extend(tokens)
-            if stopped and generated[index].count(eos_token_id) >= stop_after_eos:
+            if stopped and sum(token in stop_ids for token in generated[index]) >= stop_after_eos:
                 done[index] = True
             elif stopped:
                 still_pending.append(index)

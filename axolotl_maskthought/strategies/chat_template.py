@@ -398,9 +398,21 @@ class ChatTemplateCoTStrategy(CoTStrategy):
         """
         try:
             turns = self.parse(row)
-            rendering = self.render(turns)
+            return self.turns_prompt(turns, no_cot)[0]
         except ValueError as err:
             raise ValueError(f"invalid row {dict(row)!r}: {err}") from None
+
+    def turns_prompt(self, turns: list[Turn], no_cot: bool = False) -> tuple[list[int], list[int]]:
+        """``(prompt ids, positions)`` of :meth:`prompt_ids` for parsed turns.
+
+        ``positions[k]`` is the index, in the training row of the same turns, of the token
+        prompt token ``k`` stands for: ``range(len(ids))`` with CoT; with ``no_cot`` the indices
+        of the tokens that survive full removal (a substituted layout token keeps the index of
+        the token it replaces), which are the position ids ``cot_removal.keep_position``
+        trains them at (``ops.removal.remove_cot``). Raises ValueError when the template
+        cannot render the turns (see :meth:`render`).
+        """
+        rendering = self.render(turns)
         example = self.tokenize(turns)
         ids, codes = example["input_ids"], example["cot_mask"]
         _, offsets = self._encode(rendering.text, rendering.reasoning)
@@ -411,13 +423,26 @@ class ChatTemplateCoTStrategy(CoTStrategy):
             if rendering.reasoning_turns and rendering.reasoning_turns[-1] == last_turn:
                 reasoning_start = rendering.reasoning[-1][0]
                 end = next((i for i, (_, e) in enumerate(offsets) if e > reasoning_start), end)
-            return list(ids[:end])
+            return list(ids[:end]), list(range(end))
         from axolotl_maskthought.ops.removal import LAYOUT_DROP
 
         # the whole CoT removed: CoT and dropped layout go, substituted layout becomes its token
-        return [
-            ids[i] if code == 0 else -code - 2 for i, code in enumerate(codes[:end]) if code == 0 or code < LAYOUT_DROP
-        ]
+        kept = [i for i, code in enumerate(codes[:end]) if code == 0 or code < LAYOUT_DROP]
+        return [ids[i] if codes[i] == 0 else -codes[i] - 2 for i in kept], kept
+
+    def turn_end_id(self) -> int | None:
+        """The token the template writes right after an assistant answer, when it is one added
+        or special token of the tokenizer (ChatML/Qwen ``<|im_end|>``, Llama 3 ``<|eot_id|>``);
+        None when the template writes plain text or nothing there. ``eval`` stops generating
+        at it (the tokenizer's EOS may be another token, as with Qwen base models)."""
+        rendering = self.render([Turn("user", "question"), Turn("assistant", "answer")])
+        ids, offsets = self._encode(rendering.text, rendering.reasoning)
+        answer_end = rendering.answers[-1][1]
+        after = next((i for i, (start, _) in enumerate(offsets) if start >= answer_end), None)
+        if after is None:
+            return None
+        markup = set(self.tokenizer.all_special_ids) | set(self.tokenizer.get_added_vocab().values())
+        return ids[after] if ids[after] in markup else None
 
     def tokenize_prompt(self, row) -> dict:
         try:

@@ -206,9 +206,9 @@ def test_end_to_end_qwen3_remove_all_trains_on_the_served_layout(tokenizer, tmp_
 
 @pytest.mark.parametrize("name", sorted(REASONING_TEMPLATES))
 def test_no_cot_prompt_is_the_templates_no_thinking_prompt(tokenizer, name):
-    # `eval` has no chat format (icot, gsm8k only); the chat rows' prompt builder gives the
-    # prompt a no-CoT evaluation must use: the template's enable_thinking=False prompt, which
-    # is also where the fully removed training row's answer starts.
+    # the prompt `eval --no-cot` gives chat rows (tests/e2e/test_eval_chat.py): the template's
+    # enable_thinking=False prompt, which is also where the fully removed training row's answer
+    # starts.
     strat = _strategy(tokenizer, name)
     for i in range(len(QUESTIONS)):
         row = _row(i)

@@ -85,8 +85,8 @@ def test_training_refuses_the_suffix_axolotl_cannot_load():
         (f"{ICOT}:x", "icot", "icot"),
         (GSM8K, "gsm8k", "gsm8k"),
         (f"{GSM8K}:alpaca", "gsm8k", "gsm8k"),
-        (CHAT, "chat_template", None),
-        (f"{CHAT}:x", "chat_template", None),
+        (CHAT, "chat_template", "chat"),
+        (f"{CHAT}:x", "chat_template", "chat"),
     ],
 )
 def test_registry_entries(ds_type, name, fmt):
@@ -94,6 +94,8 @@ def test_registry_entries(ds_type, name, fmt):
     assert entry is not None and entry.name == name and entry.format == fmt
     assert entry.module == ds_type.split(":")[0]
     assert entry.evaluates == (fmt is not None)
+    # the in-training accuracy callback rebuilds prompts from tokenized icot/gsm8k rows only
+    assert entry.accuracy_callback == (fmt in ("gsm8k", "icot"))
     assert registry.has_suffix(ds_type) == (":" in ds_type)
 
 
@@ -136,10 +138,69 @@ def test_registry_matches_axolotls_loader(icot_workspace):
 
 
 def test_eval_formats_and_suffixes():
-    assert registry.EVAL_FORMATS == ("gsm8k", "icot")
+    assert registry.EVAL_FORMATS == ("gsm8k", "icot", "chat")
     assert registry.format_for_suffix(".jsonl") == registry.format_for_suffix(".json") == "gsm8k"
     assert registry.format_for_suffix(".TXT") == "icot"
     assert registry.format_for_suffix(".csv") is None
     # the cot_format readers the training check warns with
     assert validation.COT_FORMAT_READERS["eval_accuracy_samples"] == ("gsm8k", "icot")
     assert validation.COT_FORMAT_READERS["skip_invalid_rows"] == ("gsm8k", "icot", "chat_template")
+
+
+def test_chat_config_evaluates_with_its_template_but_not_in_training(tmp_path):
+    """`eval --config` on a chat config takes the format, chat template and fields from it;
+    the in-training accuracy callback is refused by name before anything loads (issue 15,
+    kind 4: chat rows are scored by `eval` after training)."""
+    dataset = {"path": "train.jsonl", "type": CHAT, "chat_template": "qwen3"}
+    config = {
+        "base_model": "some/model",
+        "chat_template": "chatml",
+        "chat_template_kwargs": {"enable_thinking": True},
+        "eot_tokens": ["<|im_end|>"],
+        "datasets": [{"path": "other.txt", "type": "alpaca"}, dataset],
+        "cot_format": {"messages_field": "conversations"},
+    }
+    path = tmp_path / "chat.yml"
+    path.write_text(yaml.safe_dump(config))
+    settings = settings_from_config(path)
+    assert settings["format"] == "chat" and settings["cot_format"].messages_field == "conversations"
+    chat = settings["chat"]
+    assert chat.dataset == {"chat_template": "qwen3"} and chat.describe() == "qwen3"
+    assert chat.config["eot_tokens"] == ["<|im_end|>"] and chat.config["chat_template_kwargs"]
+    assert dataset_format(config) is None  # the callback does not take chat rows
+    with pytest.raises(ValueError, match=r"`cot_format.eval_accuracy_samples` works with the `icot` and `gsm8k`.*eval"):
+        validation.check_config({**config, "val_set_size": 0.1, "cot_format": {"eval_accuracy_samples": 4}})
+    # a jinja template alone means `chat_template: jinja`, as axolotl's validation sets it
+    path.write_text(
+        yaml.safe_dump(
+            {
+                **config,
+                "chat_template": None,
+                "chat_template_jinja": "{{ x }}",
+                "datasets": [{"path": "train.jsonl", "type": CHAT}],
+            }
+        )
+    )
+    jinja = settings_from_config(path)["chat"]
+    assert jinja.config["chat_template"] == "jinja" and jinja.describe() == "jinja"
+
+
+@pytest.mark.parametrize(
+    "evaluation, culprit",
+    [
+        ({"val_set_size": 0.2}, r"`datasets\[1\]`"),  # the split mixes the chat rows in
+        ({"test_datasets": [{"path": "test.jsonl", "type": CHAT}]}, r"`test_datasets\[0\]`"),
+    ],
+)
+def test_accuracy_callback_refuses_chat_evaluation_rows_by_name(evaluation, culprit):
+    """A gsm8k dataset beside a chat one used to pass the check, and the callback then met
+    chat rows after the model had loaded."""
+    config = {
+        "datasets": [{"path": "train.jsonl", "type": GSM8K}, {"path": "chat.jsonl", "type": CHAT}],
+        "cot_format": {"eval_accuracy_samples": 4},
+        **evaluation,
+    }
+    with pytest.raises(ValueError, match=rf"`cot_format.eval_accuracy_samples` generates on icot and gsm8k.*{culprit}"):
+        validation.check_config(config)
+    # gsm8k evaluation rows beside chat training rows are fine
+    validation.check_config({**config, "test_datasets": [{"path": "test.jsonl", "type": GSM8K}]})

@@ -228,3 +228,73 @@ def test_score_counts_no_answer_apart_from_wrong(shared_data, tmp_path, capsys):
     assert "note: 12 of 30 generations have no answer" in out and "trained with CoT left" in out
     summary = json.loads((output / "summary.json").read_text())
     assert (summary["correct"], summary["wrong"], summary["no_answer"], summary["n"]) == (10, 8, 12, 30)
+
+
+# ---- chat data (issue 15, kind 4: `eval` on conversations) ---------------------------------------
+def _conversation(answer="42", **assistant) -> dict:
+    return {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "What is 12 + 30?"},
+            {"role": "assistant", "content": answer, **assistant},
+        ]
+    }
+
+
+def test_chat_scoring_rules():
+    # no CoT: the whole generation (the prompt ends with the empty think block), stripped
+    assert scoring.score_generation(" 42\n", "42", "chat", no_cot=True) == ("42", True)
+    assert scoring.score_generation("The answer is 42.", "The answer is 42.", "chat", no_cot=True)[1] is True
+    assert scoring.score_generation("The answer is 42", "The answer is 42.", "chat", no_cot=True)[1] is False
+    assert scoring.score_generation("42.0", "42", "chat", no_cot=True) == ("42.0", True)  # numbers within 1e-4
+    assert scoring.score_generation("1,234", "1234", "chat", no_cot=True)[1] is True
+    assert scoring.score_generation("42.001", "42", "chat", no_cot=True)[1] is False
+    assert scoring.score_generation("43", "42", "chat", no_cot=True) == ("43", False)
+    assert scoring.score_generation("  ", "42", "chat", no_cot=True) == ("", False)
+    # with CoT: what follows the first closing tag
+    assert scoring.score_generation("12 plus 30.\n</think>\n\n42", "42", "chat") == ("42", True)
+    assert scoring.score_generation("so 42\n</think>\n\n41", "42", "chat") == ("41", False)
+    assert scoring.score_generation("no tag, 42", "42", "chat") == (None, False)
+    assert scoring.score_generation("r</answer> 42", "42", "chat", close_tag="</answer>") == ("42", True)
+    assert scoring.has_answer(None, "chat") is False and scoring.has_answer("", "chat") is False
+    assert scoring.has_answer("white", "chat") is True
+    # the other formats are unchanged by the chat rule
+    assert scoring.score_generation("42.0", "42", "icot", no_cot=True)[1] is False
+
+
+def test_chat_examples_and_row_errors(tmp_path):
+    from axolotl_maskthought.config import CoTFormatConfig
+
+    path = tmp_path / "chat.jsonl"
+    rows = [
+        _conversation(reasoning_content="12 plus 30."),
+        _conversation(answer="<think>\n12 plus 30.\n</think>\n\n 42 "),
+        _conversation(),  # no reasoning: still scorable
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert scoring.infer_format(path) == "chat"  # a .jsonl of conversations
+    examples = scoring.load_examples(path, "chat")
+    assert [(e.question, e.cot, e.answer) for e in examples] == [
+        ("What is 12 + 30?", "12 plus 30.", "42"),
+        ("What is 12 + 30?", "12 plus 30.", "42"),
+        ("What is 12 + 30?", "", "42"),
+    ]
+    assert examples[2].source == f"{path}: row 3"
+    assert len(scoring.load_examples(path, "chat", limit=2)) == 2
+    sharegpt = tmp_path / "sharegpt.json"
+    sharegpt.write_text(json.dumps([{"conv": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}]))
+    options = CoTFormatConfig(messages_field="conv")
+    assert scoring.load_examples(sharegpt, "chat", options)[0].answer == "a"
+
+    bad_rows = {
+        "no assistant turn": {"messages": [{"role": "user", "content": "hi"}]},
+        "ends with a user message": {"messages": [*_conversation()["messages"], {"role": "user", "content": "?"}]},
+        "has no answer": _conversation(answer="<think>only reasoning</think>"),
+        "no conversation": {"question": "q", "answer": "a"},
+        "not a JSON object": ["a list"],
+    }
+    for expected, bad in bad_rows.items():
+        broken = tmp_path / "broken.jsonl"
+        broken.write_text(json.dumps(rows[0]) + "\n\n" + json.dumps(bad) + "\n")
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(broken))}: row 3: .*{expected.split()[-1]}"):
+            scoring.load_examples(broken, "chat")

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from axolotl_maskthought.config import MaskedThoughtConfig
-from axolotl_maskthought.data.registry import DATASET_TYPES, dataset_type, has_suffix, split_type
+from axolotl_maskthought.data.registry import DATASET_TYPES, dataset_entries, dataset_type, has_suffix, split_type
 from axolotl_maskthought.engine.optimizer_support import DEEPSPEED_VERIFIED, reset_support
 
 LOG = logging.getLogger("axolotl.maskthought.config")
@@ -277,8 +277,22 @@ def _check_cot_format(data: dict, strategies: set[str]) -> None:
         if not strategies.intersection(COT_FORMAT_READERS["eval_accuracy_samples"]):
             raise ValueError(
                 "`cot_format.eval_accuracy_samples` works with the `icot` and `gsm8k` strategies of this "
-                "package; no entry of `datasets` or `test_datasets` uses them"
+                "package; no entry of `datasets` or `test_datasets` uses them (chat_template rows: remove "
+                "`cot_format.eval_accuracy_samples` and score them after training with "
+                "`axolotl-maskthought eval --config CONFIG --data TEST.jsonl [--no-cot]`)"
             )
+        # the rows the callback generates on: test_datasets, else the val_set_size split of datasets
+        evaluation = "test_datasets" if data.get("test_datasets") else "datasets"
+        for key, index, ds_type, entry in dataset_entries(data, keys=(evaluation,)):
+            if entry is not None and not entry.accuracy_callback:
+                raise ValueError(
+                    f"`cot_format.eval_accuracy_samples` generates on icot and gsm8k evaluation rows only, and "
+                    f"`{key}[{index}]` ({ds_type}) puts other rows in the evaluation set; remove "
+                    "`cot_format.eval_accuracy_samples`"
+                    + ("" if key == "test_datasets" else " or name icot/gsm8k `test_datasets`")
+                    + " and score chat rows after training with "
+                    "`axolotl-maskthought eval --config CONFIG --data TEST.jsonl [--no-cot]`"
+                )
 
 
 # ---- the blocks ----------------------------------------------------------------------
