@@ -427,3 +427,37 @@ def test_both_techniques_example_trains(tmp_path, tiny_models):
     assert max(trainer.applied_counts.values()) > 0  # 8 micro-batches per epoch, Δ 8: one token per step
     assert any(entry.get("masked_thought/masked_fraction", 0) > 0 for entry in history)
     assert any(entry.get("cot_removal/removed_tokens_mean", 0) > 0 for entry in history)
+
+
+def test_2x2_example_data_commands_give_the_runners_held_out_split(tmp_path, monkeypatch):
+    """cpu_multiplication_2x2_icot_si.yml's data commands, run as written (the python line aside): distinct
+    training problems, test and validation files of the stated sizes sharing no question with training or
+    each other, and the test file identical to the one bench/si_2x2.py and the quickstart score on."""
+    from axolotl_maskthought.cli import main as maskthought_cli
+    from axolotl_maskthought.toy.experiment import WIN_2X2_SIZES, write_problems
+
+    text = (EXAMPLES_DIR / "cpu_multiplication_2x2_icot_si.yml").read_text()
+    commands = [line.lstrip("# ") for line in _comment_lines(text) if "generate-data multiplication" in line]
+    assert len(commands) == 3
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    for command in commands:
+        argv = shlex.split(command)
+        assert argv[0] == "axolotl-maskthought"
+        assert maskthought_cli(argv[1:]) == 0
+    raw = yaml.safe_load(text)
+    files = {
+        "train": raw["datasets"][0]["path"],
+        "valid": raw["test_datasets"][0]["path"],
+        "test": next(a for c in commands for a in shlex.split(c) if a.endswith("test.txt")),
+    }
+    questions = {
+        name: [line.split("||", 1)[0] for line in Path(path).read_text().splitlines()] for name, path in files.items()
+    }
+    assert [len(set(q)) for q in questions.values()] == [len(q) for q in questions.values()] == [6400, 200, 500]
+    assert not set(questions["train"]) & (set(questions["valid"]) | set(questions["test"]))
+    assert not set(questions["valid"]) & set(questions["test"])
+    (tmp_path / "runner").mkdir()
+    write_problems(tmp_path / "runner", WIN_2X2_SIZES)
+    assert Path(files["train"]).read_text() == (tmp_path / "runner" / "train_cot.txt").read_text()
+    assert Path(files["test"]).read_text() == (tmp_path / "runner" / "test.txt").read_text()
