@@ -220,6 +220,9 @@ def _check_blocks(raw: dict, cfg) -> None:
         for key, value in (raw[block] or {}).items():
             if value is None:
                 assert validated.get(key) is None, f"{block}.{key}"
+            elif isinstance(value, dict):  # a nested block (loss_gate): each written key, defaults aside
+                for inner, inner_value in value.items():
+                    assert validated[key][inner] == inner_value, f"{block}.{key}.{inner}"
             else:
                 assert validated[key] == value, f"{block}.{key}"
 
