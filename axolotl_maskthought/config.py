@@ -169,8 +169,10 @@ class CoTRemovalConfig(BaseModel):
     )
     keep_position: bool = Field(
         default=False,
-        description="Kept tokens keep their original position ids, as if the removed "
-        "tokens were still there (otherwise positions restart per example).",
+        description="Position ids as the official trainer numbers them: the tokens after the "
+        "removed CoT keep their original positions, as if the removed tokens were still there, and "
+        "the token just before it (the first separator) moves onto the last removed token's place "
+        "(otherwise positions restart per example).",
     )
 
     @model_validator(mode="after")

@@ -41,13 +41,14 @@ def build_prompts(
 def kept_position_shifts(
     tokenizer, examples: Sequence[CoTExample], fmt: str, template: str | None = None
 ) -> list[tuple[int, int]]:
-    """Per no-CoT prompt: (first prompt index after the CoT's place, CoT token count).
+    """Per no-CoT prompt: (first prompt index to shift, CoT token count).
 
     A model trained with ``cot_removal.keep_position`` saw the tokens after a removed
-    CoT at their original positions (arXiv 2405.14838, official ``keep_position``):
-    once all CoT is gone, the second separator and the answer sit ``len(cot)``
-    positions further on than their index. No-CoT generation must number them the
-    same way. Both values come from the training layout (``tokenize_icot`` /
+    CoT at their original positions, and the token just before the CoT (the first
+    separator) moved onto the last removed token's place (arXiv 2405.14838, official
+    ``keep_position``): once all CoT is gone, that token, the second separator and the
+    answer sit ``len(cot)`` positions further on than their index. No-CoT generation
+    must number them the same way. Both values come from the training layout (``tokenize_icot`` /
     ``tokenize_gsm8k``; chat: the strategy's ``turns_prompt`` positions) of each example's own
     CoT, so they match what training removed. Chat raises ValueError for a template whose
     no-CoT prompt one shift cannot number (:func:`~axolotl_maskthought.eval.chat.kept_position_shift`).
@@ -65,7 +66,9 @@ def kept_position_shifts(
     for example in examples:
         row = tokenize_icot(tokenizer, example) if fmt == "icot" else tokenize_gsm8k(tokenizer, example, template)
         cot = row["cot_mask"]
-        shifts.append((cot.index(1), sum(cot)) if any(cot) else (0, 0))
+        # from the token before the CoT (the first separator for ICoT) on: training moved it onto
+        # the last removed token's place (``ops.removal.remove_cot`` with ``keep_position``)
+        shifts.append((max(cot.index(1) - 1, 0), sum(cot)) if any(cot) else (0, 0))
     return shifts
 
 

@@ -126,9 +126,10 @@ def remove_cot(
     ``attention_mask`` (0 = padding; packed segment ids are kept as they are) and
     ``position_ids``. ``smoothing_probs`` (see ``schedule.smoothing_distribution``)
     draws one offset per example with ``generator``; ``None`` means no smoothing.
-    With ``keep_position`` the kept tokens keep their original position ids
-    (created as ``arange`` when the batch had none); otherwise positions restart
-    at 0 per segment. Other keys of ``batch`` are returned untouched when they do
+    With ``keep_position`` the tokens after a removed run keep their original position
+    ids (created as ``arange`` when the batch had none) and the kept token just before
+    the run takes the place of the run's last token, as the official trainer shifts
+    positions from ``removal_from - 1`` on; otherwise positions restart at 0 per segment. Other keys of ``batch`` are returned untouched when they do
     not have the (B, T) shape, and compacted like ``input_ids`` when they do.
     """
     if side not in SIDES:
@@ -207,6 +208,18 @@ def remove_cot(
     if keep_position:
         original = position_ids if position_ids is not None else torch.arange(width, device=device).expand(rows, width)
         positions = compact(original, 0)
+        # Official keep_position (train.py: ``position_ids[b, removal_from - 1:] += removed``): the tokens
+        # after a removed run keep their original positions and the kept token just before the run
+        # (the first separator, for left removal) moves up by the run's length, onto the last removed
+        # token's place. Its position then tells the model how many CoT tokens are gone.
+        kept_real = compact(torch.ones_like(input_ids, dtype=torch.bool), False)
+        columns = compact(torch.arange(width, device=device).expand(rows, width), 0)
+        same_segment = compact(segment.view(rows, width), -1)
+        gap = columns[:, 1:] - columns[:, :-1] - 1  # (B, T'-1) tokens dropped between two neighbours
+        neighbours = kept_real[:, 1:] & kept_real[:, :-1] & (same_segment[:, 1:] == same_segment[:, :-1])
+        shift = torch.where(neighbours, gap, torch.zeros_like(gap))
+        positions = positions.clone()
+        positions[:, :-1] += shift.to(positions.dtype)
     elif position_ids is not None:
         new_segment = compact(segment.view(rows, width), -1).flatten()
         column = torch.arange(new_width, device=device).repeat(rows)

@@ -87,6 +87,9 @@ def test_no_cot_generation_uses_the_trained_positions(gpt2):
         # the prompt's second EOS and every later token: where training put them
         assert positions[: len(prompt)] == trained_positions[: len(prompt)]
         assert positions[len(prompt) - 1] == len(prompt) - 1 + cot_tokens
+        # the first separator too, onto the last removed token's place (official keep_position)
+        assert positions[len(prompt) - 2] == len(prompt) - 2 + cot_tokens
+        assert positions[: len(prompt) - 2] == list(range(len(prompt) - 2))
         assert positions[len(prompt) :] == list(
             range(positions[len(prompt) - 1] + 1, positions[len(prompt) - 1] + 1 + len(ids) - len(prompt))
         )
@@ -100,14 +103,15 @@ def test_without_keep_position_positions_stay_consecutive(gpt2):
 
 
 def test_shifts_follow_the_gsm8k_layout_too():
-    """gsm8k no-CoT prompts end in `####`: those tokens move past the CoT's place."""
+    """gsm8k no-CoT prompts end in `####`: those tokens, and the prompt's last token, move past the CoT's place."""
     texts = ["Tom has 3 apples and buys 4 more. 3+4=7 #### 7", "Question: {question}\nAnswer: "]
     tokenizer = build_tokenizer(texts, vocab_size=300)
     example = CoTExample("Tom has 3 apples and buys 4 more.", "3+4=7", "7")
     template = "Question: {question}\nAnswer: "
     row = tokenize_gsm8k(tokenizer, example, template)
     [(start, shift)] = kept_position_shifts(tokenizer, [example], "gsm8k", template)
-    assert start == row["cot_mask"].index(1) and shift == sum(row["cot_mask"]) > 0
+    # from the last prompt token on (the token before the CoT moved onto the last removed one's place)
+    assert start == row["cot_mask"].index(1) - 1 and shift == sum(row["cot_mask"]) > 0
 
 
 def test_eval_cli_applies_keep_position_from_the_config(tmp_path, capsys):

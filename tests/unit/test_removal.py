@@ -112,7 +112,11 @@ def reference_remove(
             values["labels"] += [example.labels[i] for i in kept_index]
             values["cot_mask"] += [example.cot_mask[i] for i in kept_index]
             values["attention_mask"] += [segment] * len(kept_index)
-            values["position_ids"] += kept_index if keep_position else list(range(len(kept_index)))
+            if keep_position:  # the official trainer: arange over the cut sequence, + n from `removal_from - 1` on
+                removal_from = len(example.prompt) + (0 if side == "left" else len(example.cot) - n)
+                values["position_ids"] += [j + (n if j >= removal_from - 1 else 0) for j in range(len(kept_index))]
+            else:
+                values["position_ids"] += list(range(len(kept_index)))
             removed.append(n)
             left.append(len(example.cot) - n)
         out_rows.append(values)
@@ -233,15 +237,38 @@ def test_packed_row_positions_rebuilt_per_segment():
 
 
 def test_keep_position_keeps_original_ids():
+    """Tokens after the removed CoT keep their original ids; the token just before it (the
+    separator, left; the last kept CoT token, right) moves onto the last removed token's place,
+    as the official trainer shifts ``position_ids[removal_from - 1:]`` (fidelity run, issue 16)."""
     first = Example(prompt=[7, EOS], cot=[11, 12, 13], rest=[EOS, 30, EOS])
     second = Example(prompt=[8, EOS], cot=[21, 22], rest=[EOS, 40, EOS])
     result = run([[first, second]], 2, "left", keep_position=True)
     assert result.batch["input_ids"].tolist() == [[7, EOS, 13, EOS, 30, EOS, 8, EOS, EOS, 40, EOS]]
-    assert result.batch["position_ids"].tolist() == [[0, 1, 4, 5, 6, 7, 0, 1, 4, 5, 6]]
+    assert result.batch["position_ids"].tolist() == [[0, 3, 4, 5, 6, 7, 0, 3, 4, 5, 6]]
     # without position ids in the batch, the original columns are the positions
     alone = run([[first]], 2, "right", keep_position=True, position_ids=False)
     assert alone.batch["input_ids"].tolist() == [[7, EOS, 11, EOS, 30, EOS]]
-    assert alone.batch["position_ids"].tolist() == [[0, 1, 2, 5, 6, 7]]
+    assert alone.batch["position_ids"].tolist() == [[0, 1, 4, 5, 6, 7]]
+    # nothing removed: nothing moves
+    none = run([[first]], 0, "left", keep_position=True, position_ids=False)
+    assert none.batch["position_ids"].tolist() == [list(range(8))]
+
+
+def test_keep_position_separator_tells_how_many_were_removed():
+    """The official layout: with n CoT tokens removed from the left, the first separator sits at
+    ``len(question) + n``, so the model can read n off its position (with smoothing, n varies per
+    example); the next token keeps its original place. Our first implementation left the
+    separator at ``len(question)``, whatever n (bench/RESULTS.md §8)."""
+    rng = random.Random(7)
+    for _ in range(20):
+        example = random_example(rng, cot_len=rng.randint(1, 8))
+        n = rng.randint(0, len(example.cot))
+        result = run([[example]], n, "left", keep_position=True, position_ids=False)
+        positions = result.batch["position_ids"][0].tolist()
+        separator = len(example.prompt) - 1
+        assert positions[:separator] == list(range(separator))
+        assert positions[separator] == separator + n
+        assert positions[separator + 1 :] == list(range(separator + n + 1, len(example.input_ids)))
 
 
 # ---- random batches against the reference -------------------------------------------
