@@ -408,8 +408,9 @@ class ChatTemplateCoTStrategy(CoTStrategy):
         ``positions[k]`` is the index, in the training row of the same turns, of the token
         prompt token ``k`` stands for: ``range(len(ids))`` with CoT; with ``no_cot`` the indices
         of the tokens that survive full removal (a substituted layout token keeps the index of
-        the token it replaces), which are the position ids ``cot_removal.keep_position``
-        trains them at (``ops.removal.remove_cot``). Raises ValueError when the template
+        the token it replaces), except that a token right before a removed run takes the run's
+        last index: the position ids ``cot_removal.keep_position`` trains them at
+        (``ops.removal.remove_cot``, the official trainer's numbering). Raises ValueError when the template
         cannot render the turns (see :meth:`render`).
         """
         rendering = self.render(turns)
@@ -427,8 +428,12 @@ class ChatTemplateCoTStrategy(CoTStrategy):
         from axolotl_maskthought.ops.removal import LAYOUT_DROP
 
         # the whole CoT removed: CoT and dropped layout go, substituted layout becomes its token
-        kept = [i for i, code in enumerate(codes[:end]) if code == 0 or code < LAYOUT_DROP]
-        return [ids[i] if codes[i] == 0 else -codes[i] - 2 for i in kept], kept
+        kept = [i for i, code in enumerate(codes) if code == 0 or code < LAYOUT_DROP]
+        # keep_position numbering: a kept token right before a removed run sits on the run's last place
+        positions = [following - 1 for following in kept[1:]] + kept[-1:]
+        positions = [max(index, position) for index, position in zip(kept, positions)]
+        kept_prompt = [i for i in kept if i < end]
+        return [ids[i] if codes[i] == 0 else -codes[i] - 2 for i in kept_prompt], positions[: len(kept_prompt)]
 
     def turn_end_id(self) -> int | None:
         """The token the template writes right after an assistant answer, when it is one added
