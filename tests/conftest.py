@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
 
 from paths import SHARED_DATA  # noqa: E402
+from processes import clear_stale_build_locks, extensions_build_root  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -17,6 +18,18 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+_BUILD_GUARD = None  # held (flock shared) for the session: see processes.clear_stale_build_locks
+
+
+def pytest_configure(config):
+    """A DeepSpeed op build lock left by a killed run would hang every DeepSpeed test: clear it."""
+    global _BUILD_GUARD
+    _BUILD_GUARD, removed = clear_stale_build_locks(extensions_build_root())
+    for lock in removed:
+        config.issue_config_time_warning(
+            pytest.PytestWarning(f"removed a torch extension build lock left by a killed run: {lock}"), stacklevel=2
+        )
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,83 @@
+"""What lets several test runs share one machine: free rendezvous ports, and JIT-build locks
+that a killed run cannot leave behind for the next one.
+
+Ports: a 2-process test must not use a fixed ``MASTER_PORT``; CI runs the two stacks' suites at
+the same time, and two rendezvous on one port hang (the second store cannot bind, or one run's
+workers join the other's). :func:`free_port` asks the kernel for an unused port.
+
+Build locks: DeepSpeed JIT-compiles its CPU ops (``cpu_adam``, ``fused_adam``) through
+``torch.utils.cpp_extension.load``, which guards each op's build directory with a plain
+``lock`` file (``torch/utils/file_baton.py``: created with ``O_EXCL``, removed when the build
+ends). A process killed while holding it (a test's timeout, Ctrl-C, a killed CI job) leaves the
+file behind, and every later load of that op waits for it forever, even when the op is built.
+:func:`clear_stale_build_locks` removes such files at the start of a test session, but only when
+no other test session is using the same build directory: each session holds a shared ``flock``
+on a guard file there for its whole life (the kernel drops it when the process dies, however it
+dies), and the cleaning needs the exclusive lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import sys
+from pathlib import Path
+
+GUARD_NAME = ".maskthought-test-sessions"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the kernel's pick for port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def extensions_build_root() -> Path:
+    """The directory in which this interpreter's torch builds JIT extensions, one folder per op.
+
+    The same rule as ``torch.utils.cpp_extension._get_build_directory`` (private, so restated
+    here; ``test_processes.py`` compares the two): ``$TORCH_EXTENSIONS_DIR`` as it is, else
+    ``get_default_build_root()/py<major><minor><abiflags>_<cpu|cuXY|rocmXY>``.
+    """
+    import torch
+    from torch.utils.cpp_extension import get_default_build_root
+
+    configured = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if configured is not None:
+        return Path(configured)
+    if torch.version.hip is not None:
+        accelerator = f"rocm{torch.version.hip.replace('.', '')}"
+    elif torch.version.cuda is not None:
+        accelerator = f"cu{torch.version.cuda.replace('.', '')}"
+    else:
+        accelerator = "cpu"
+    python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
+    return Path(get_default_build_root()) / f"{python}_{accelerator}"
+
+
+def clear_stale_build_locks(root: Path) -> tuple[object, list[Path]]:
+    """Remove the ``<op>/lock`` files under ``root`` that no live test session can own.
+
+    Takes the exclusive ``flock`` on ``root/.maskthought-test-sessions`` without waiting; when
+    it gets it (no other session holds the guard), every op's ``lock`` file is left over from a
+    killed run and is removed. Either way the lock is then held shared until the returned file
+    is closed (or the process ends), so a session that starts later leaves this one's builds
+    alone. Returns ``(guard file, removed lock paths)``; keep the guard open for the session.
+    Not protected: a build by something other than a test session (it holds no guard), or by
+    a worker process that outlived its killed session.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    guard = open(root / GUARD_NAME, "a")  # held open for the whole session
+    removed: list[Path] = []
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pass  # another session is running: its builds may be in progress
+    else:
+        for lock in sorted(root.glob("*/lock")):
+            lock.unlink(missing_ok=True)
+            removed.append(lock)
+    fcntl.flock(guard, fcntl.LOCK_SH)
+    return guard, removed
