@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
 
 from paths import SHARED_DATA  # noqa: E402
-from processes import clear_stale_build_locks, extensions_build_root  # noqa: E402
+from processes import clear_stale_build_locks, extensions_build_root, virtualenv_build_root  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -23,8 +23,11 @@ _BUILD_GUARD = None  # held (flock shared) for the session: see processes.clear_
 
 
 def pytest_configure(config):
-    """A DeepSpeed op build lock left by a killed run would hang every DeepSpeed test: clear it."""
+    """DeepSpeed's JIT ops build in this virtualenv's own folder (unless $TORCH_EXTENSIONS_DIR is
+    set), inherited by every worker; a build lock left there by a killed run would hang every
+    DeepSpeed test: clear it."""
     global _BUILD_GUARD
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(virtualenv_build_root()))
     _BUILD_GUARD, removed = clear_stale_build_locks(extensions_build_root())
     for lock in removed:
         config.issue_config_time_warning(

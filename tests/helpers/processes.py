@@ -13,12 +13,14 @@ file behind, and every later load of that op waits for it forever, even when the
 :func:`clear_stale_build_locks` removes such files at the start of a test session, but only when
 no other test session is using the same build directory: each session holds a shared ``flock``
 on a guard file there for its whole life (the kernel drops it when the process dies, however it
-dies), and the cleaning needs the exclusive lock.
+dies), and the cleaning needs the exclusive lock. The test session builds in a folder of its
+virtualenv's own (:func:`virtualenv_build_root`) unless ``$TORCH_EXTENSIONS_DIR`` is set.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import socket
 import sys
@@ -34,19 +36,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def extensions_build_root() -> Path:
-    """The directory in which this interpreter's torch builds JIT extensions, one folder per op.
-
-    The same rule as ``torch.utils.cpp_extension._get_build_directory`` (private, so restated
-    here; ``test_processes.py`` compares the two): ``$TORCH_EXTENSIONS_DIR`` as it is, else
-    ``get_default_build_root()/py<major><minor><abiflags>_<cpu|cuXY|rocmXY>``.
-    """
+def _torch_default_folder() -> Path:
+    """``get_default_build_root()/py<major><minor><abiflags>_<cpu|cuXY|rocmXY>``: where torch builds
+    when ``$TORCH_EXTENSIONS_DIR`` is unset (``torch.utils.cpp_extension._get_build_directory``)."""
     import torch
     from torch.utils.cpp_extension import get_default_build_root
 
-    configured = os.environ.get("TORCH_EXTENSIONS_DIR")
-    if configured is not None:
-        return Path(configured)
     if torch.version.hip is not None:
         accelerator = f"rocm{torch.version.hip.replace('.', '')}"
     elif torch.version.cuda is not None:
@@ -55,6 +50,31 @@ def extensions_build_root() -> Path:
         accelerator = "cpu"
     python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
     return Path(get_default_build_root()) / f"{python}_{accelerator}"
+
+
+def extensions_build_root() -> Path:
+    """The directory in which this interpreter's torch builds JIT extensions, one folder per op.
+
+    The same rule as ``torch.utils.cpp_extension._get_build_directory`` (private, so restated
+    here; ``test_processes.py`` compares the two): ``$TORCH_EXTENSIONS_DIR`` as it is, else
+    ``get_default_build_root()/py<major><minor><abiflags>_<cpu|cuXY|rocmXY>``.
+    """
+    configured = os.environ.get("TORCH_EXTENSIONS_DIR")
+    return Path(configured) if configured is not None else _torch_default_folder()
+
+
+def virtualenv_build_root() -> Path:
+    """torch's default folder for this interpreter, suffixed with a hash of ``sys.prefix``.
+
+    torch's default folder is shared by every virtualenv with the same Python and CUDA, and its
+    ``build.ninja`` names the virtualenv's paths: two virtualenvs (two clones, a CI clone beside a
+    working one) take turns rebuilding ``cpu_adam`` (minutes on 2 cores), and a DeepSpeed test
+    that found the op built can run out of time rebuilding it. One folder per virtualenv
+    builds each op once.
+    """
+    digest = hashlib.sha1(str(Path(sys.prefix).resolve()).encode()).hexdigest()[:10]
+    default = _torch_default_folder()
+    return default.with_name(f"{default.name}-{digest}")
 
 
 def clear_stale_build_locks(root: Path) -> tuple[object, list[Path]]:

@@ -105,3 +105,18 @@ def test_no_test_pins_a_rendezvous_port():
         for match in fixed.finditer(path.read_text(encoding="utf-8"))
     ]
     assert pinned == []
+
+
+def test_each_virtualenv_builds_in_its_own_folder(monkeypatch):
+    """Two virtualenvs sharing torch's default folder rebuild each other's ops (their paths differ)."""
+    import sys
+
+    import processes
+
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    default = extensions_build_root()
+    own = processes.virtualenv_build_root()
+    assert own.parent == default.parent and own.name.startswith(default.name + "-")
+    assert own == processes.virtualenv_build_root()  # stable: built ops are found again
+    monkeypatch.setattr(sys, "prefix", "/elsewhere/.venv")
+    assert processes.virtualenv_build_root() != own
