@@ -77,16 +77,39 @@ def virtualenv_build_root() -> Path:
     return default.with_name(f"{default.name}-{digest}")
 
 
+def compiling_in(root: Path) -> bool:
+    """Whether a process works inside ``root`` (a build's ninja and compilers run in the op's
+    folder). Reads ``/proc/<pid>/cwd``; where there is no ``/proc`` this answers False."""
+    root = root.resolve()
+    for cwd in Path("/proc").glob("[0-9]*/cwd"):
+        try:
+            folder = Path(os.readlink(cwd))
+        except OSError:  # gone, or not ours to read
+            continue
+        if folder == root or root in folder.parents:
+            return True
+    return False
+
+
+def _remove_locks(root: Path) -> list[Path]:
+    if compiling_in(root):  # a build is running (a worker's orphaned ninja included): leave it
+        return []
+    removed = sorted(root.glob("*/lock"))
+    for lock in removed:
+        lock.unlink(missing_ok=True)
+    return removed
+
+
 def clear_stale_build_locks(root: Path) -> tuple[object, list[Path]]:
     """Remove the ``<op>/lock`` files under ``root`` that no live test session can own.
 
     Takes the exclusive ``flock`` on ``root/.maskthought-test-sessions`` without waiting; when
-    it gets it (no other session holds the guard), every op's ``lock`` file is left over from a
-    killed run and is removed. Either way the lock is then held shared until the returned file
-    is closed (or the process ends), so a session that starts later leaves this one's builds
-    alone. Returns ``(guard file, removed lock paths)``; keep the guard open for the session.
-    Not protected: a build by something other than a test session (it holds no guard), or by
-    a worker process that outlived its killed session.
+    it gets it (no other session holds the guard) and no process is compiling in ``root``, every
+    op's ``lock`` file is left over from a killed run and is removed. Either way the lock is then
+    held shared until the returned file is closed (or the process ends), so a session that starts
+    later leaves this one's builds alone. Returns ``(guard file, removed lock paths)``; keep the
+    guard open for the session (see :func:`clear_locks_of_killed_workers`). Not protected: a
+    build by something other than a test session (it holds no guard) between its compiler runs.
     """
     root.mkdir(parents=True, exist_ok=True)
     guard = open(root / GUARD_NAME, "a")  # held open for the whole session
@@ -96,8 +119,25 @@ def clear_stale_build_locks(root: Path) -> tuple[object, list[Path]]:
     except BlockingIOError:
         pass  # another session is running: its builds may be in progress
     else:
-        for lock in sorted(root.glob("*/lock")):
-            lock.unlink(missing_ok=True)
-            removed.append(lock)
+        removed = _remove_locks(root)
     fcntl.flock(guard, fcntl.LOCK_SH)
     return guard, removed
+
+
+def clear_locks_of_killed_workers(guard, root: Path) -> list[Path]:
+    """Between test modules: the locks that a worker killed on its deadline left in ``root``.
+
+    A DeepSpeed test kills a worker that ran out of time, possibly while it built an op; its
+    lock would make the next DeepSpeed load in the same session wait for ever (e.g.
+    ``test_optimizer_reset.py``'s worker, 1800 s). With no module running, this session builds
+    nothing, so when the session's ``guard`` (from :func:`clear_stale_build_locks`) can be made
+    exclusive (no other session) and nothing compiles in ``root``, every lock there is stale.
+    """
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return []
+    try:
+        return _remove_locks(root)
+    finally:
+        fcntl.flock(guard, fcntl.LOCK_SH)

@@ -3,7 +3,14 @@
 import os
 from pathlib import Path
 
-from processes import GUARD_NAME, clear_stale_build_locks, extensions_build_root, free_port
+from processes import (
+    GUARD_NAME,
+    clear_locks_of_killed_workers,
+    clear_stale_build_locks,
+    compiling_in,
+    extensions_build_root,
+    free_port,
+)
 
 
 def test_build_root_is_where_torch_builds(monkeypatch, tmp_path):
@@ -120,3 +127,46 @@ def test_each_virtualenv_builds_in_its_own_folder(monkeypatch):
     assert own == processes.virtualenv_build_root()  # stable: built ops are found again
     monkeypatch.setattr(sys, "prefix", "/elsewhere/.venv")
     assert processes.virtualenv_build_root() != own
+
+
+def test_a_lock_is_kept_while_a_compiler_works_in_the_folder(tmp_path):
+    """A killed worker's ninja goes on compiling (orphaned) in the op's folder: its lock stays."""
+    import subprocess
+
+    (tmp_path / "cpu_adam").mkdir()
+    lock = tmp_path / "cpu_adam" / "lock"
+    lock.touch()
+    compiler = subprocess.Popen(["sleep", "600"], cwd=tmp_path / "cpu_adam")
+    try:
+        assert compiling_in(tmp_path)
+        guard, removed = clear_stale_build_locks(tmp_path)
+        assert removed == [] and lock.exists()
+    finally:
+        compiler.kill()
+        compiler.wait()
+    assert not compiling_in(tmp_path)
+    try:
+        assert clear_locks_of_killed_workers(guard, tmp_path) == [lock] and not lock.exists()
+    finally:
+        guard.close()
+
+
+def test_between_modules_only_a_lone_session_clears(tmp_path):
+    guard, _ = clear_stale_build_locks(tmp_path)
+    other, _ = clear_stale_build_locks(tmp_path)  # a second session on the same folder
+    (tmp_path / "fused_adam").mkdir()
+    lock = tmp_path / "fused_adam" / "lock"
+    lock.touch()
+    try:
+        assert clear_locks_of_killed_workers(guard, tmp_path) == [] and lock.exists()
+        other.close()
+        assert clear_locks_of_killed_workers(guard, tmp_path) == [lock] and not lock.exists()
+        # the guard is shared again: a session starting now cannot clean under this one
+        third, removed = clear_stale_build_locks(tmp_path)
+        third.close()
+        lock.touch()
+        third, removed = clear_stale_build_locks(tmp_path)
+        third.close()
+        assert removed == [] and lock.exists()
+    finally:
+        guard.close()
