@@ -40,6 +40,7 @@ import pytest
 import yaml
 from mp_capture import arithmetic_workspace
 from paths import HELPERS_DIR
+from processes import free_port
 
 from axolotl_maskthought.toy.tiny import OFFLINE_ENV, cpu_config
 
@@ -80,6 +81,8 @@ def ranks(tmp_path_factory) -> list[dict]:
     config = _config(tmp)
     capture = tmp / "capture"
     bin_dir = str(Path(sys.executable).parent)
+    # Chosen per run: CI runs both stacks' suites at once, and two rendezvous on one port hang.
+    port = str(free_port())
     env = {
         **os.environ,
         "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),  # axolotl execs `torchrun`
@@ -89,7 +92,7 @@ def ranks(tmp_path_factory) -> list[dict]:
         "ACCELERATE_USE_CPU": "true",
         "MASKTHOUGHT_CAPTURE_CPU_ONLY": "1",
         "MASKTHOUGHT_CAPTURE_DIR": str(capture),
-        "MASTER_PORT": "29517",
+        "MASTER_PORT": port,
     }
     command = [
         str(Path(bin_dir) / "axolotl"),
@@ -101,7 +104,7 @@ def ranks(tmp_path_factory) -> list[dict]:
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29517",
+        port,
     ]
     # Own process group, so that a hang is ended with torchrun's workers too.
     process = subprocess.Popen(
