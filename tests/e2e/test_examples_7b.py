@@ -305,7 +305,11 @@ def test_example_loads_through_axolotl(path, loaded):
     cfg = record["cfg"]
     for block in ("masked_thought", "cot_removal", "cot_format"):  # written values come out unchanged
         for key, value in (raw.get(block) or {}).items():
-            assert cfg[block].get(key) == value, f"{block}.{key}"
+            if isinstance(value, dict):  # a nested block (loss_gate): each written key, defaults aside
+                for inner, inner_value in value.items():
+                    assert cfg[block][key][inner] == inner_value, f"{block}.{key}.{inner}"
+            else:
+                assert cfg[block].get(key) == value, f"{block}.{key}"
     masked = cfg.get("masked_thought")
     if masked and masked["replacement"] == "mask_token":
         assert masked["mask_token"] in (cfg.get("tokens") or []), "the plugin adds <mask> to axolotl's `tokens:`"
