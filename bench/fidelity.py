@@ -19,9 +19,9 @@ is run OUTSIDE this repository (its code never enters it); the exact commands ar
 - ``compare``: smoothed loss curves, gaps between implementations against seed spread.
 
 Both sides are scored with the package's ``evaluate_model`` on the same 500 held-out problems:
-no-CoT (with the ``keep_position`` layout of the arm) and with-CoT. The official trainer's
-``keep_position`` also moves the FIRST separator (see README.md): its models are scored with
-our layout and with the official one (our ``generate_greedy`` with the official shifts).
+no-CoT (with the ``keep_position`` layout of the arm) and with-CoT; ``keep_position`` models also
+under both position layouts (the official one, which moves the first separator too, and the
+plugin's before the fix, which did not), through the package's generator and scorer.
 
   export PYTHONPATH=<clone> OMP_NUM_THREADS=1
   python bench/fidelity.py prepare  --work /work/fidelity_runs
@@ -98,11 +98,19 @@ def _train(config: dict, path: Path):
     return train_in_process(path)
 
 
-def score(model, tokenizer, work: Path, keep_position: bool, official_layout: bool = False) -> dict:
-    """No-CoT and with-CoT exact match on test.txt with the package's eval code."""
+def score(model, tokenizer, work: Path, keep_position: bool) -> dict:
+    """No-CoT and with-CoT exact match on test.txt with the package's eval code.
+
+    ``no_cot``/``with_cot``: ``evaluate_model`` as the package numbers positions. With
+    ``keep_position`` also both no-CoT position layouts, through the package's
+    ``generate_greedy`` and scorer: ``no_cot_separator_moved`` (the official trainer's: the
+    prompt ``q eos eos`` numbers both separators ``len(cot)`` further on) and
+    ``no_cot_separator_kept`` (the plugin before the fix: only the second separator moves).
+    """
+    from axolotl_maskthought.data.formats import tokenize_icot
     from axolotl_maskthought.eval.evaluation import evaluate_model
     from axolotl_maskthought.eval.generation import generate_greedy
-    from axolotl_maskthought.eval.prompts import build_prompts, kept_position_shifts
+    from axolotl_maskthought.eval.prompts import build_prompts
     from axolotl_maskthought.eval.scoring import score_generation
     from axolotl_maskthought.toy.experiment import _max_new_tokens, held_out_examples
 
@@ -114,21 +122,32 @@ def score(model, tokenizer, work: Path, keep_position: bool, official_layout: bo
             model, tokenizer, examples, "icot", None, no_cot, 64, new, progress=False, keep_position=keep_position
         )
         out[name] = {"accuracy": res["accuracy"], "correct": res["correct"], "n": res["n"]}
-    if keep_position and official_layout:
-        # The official trainer's keep_position shifts from the first separator on (its index
-        # ``removal_from - 1``): the no-CoT prompt ``q eos eos`` then numbers BOTH separators
-        # ``len(cot)`` further on. Same generator and scorer, only the start of the shift moves.
+    if keep_position:
         prompts = build_prompts(tokenizer, examples, "icot", None, no_cot=True)
-        shifts = [(start - 1, length) for start, length in kept_position_shifts(tokenizer, examples, "icot")]
-        gens = generate_greedy(
-            model, prompts, tokenizer.eos_token_id, tokenizer.pad_token_id, 1, 64, new, False, shifts
-        )
-        correct = 0
-        for example, (ids, _finished) in zip(examples, gens):
-            text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            correct += bool(score_generation(text, example.answer, "icot", True)[1])
-        out["no_cot_official_layout"] = {"accuracy": correct / len(examples), "correct": correct, "n": len(examples)}
+        cots = [tokenize_icot(tokenizer, example)["cot_mask"] for example in examples]
+        for name, back in (("no_cot_separator_moved", 1), ("no_cot_separator_kept", 0)):
+            shifts = [(cot.index(1) - back, sum(cot)) for cot in cots]
+            gens = generate_greedy(
+                model, prompts, tokenizer.eos_token_id, tokenizer.pad_token_id, 1, 64, new, False, shifts
+            )
+            correct = 0
+            for example, (ids, _finished) in zip(examples, gens):
+                text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                correct += bool(score_generation(text, example.answer, "icot", True)[1])
+            out[name] = {"accuracy": correct / len(examples), "correct": correct, "n": len(examples)}
     return out
+
+
+def rescore(work: Path, name: str) -> None:
+    """Score a saved model again (``work/runs/NAME/final``) into ``NAME.json``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    record = json.loads((RESULTS / f"{name}.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(work / "runs" / name / "final").eval()
+    tokenizer = AutoTokenizer.from_pretrained(work / "init_gpt2")
+    record["scores"] = score(model, tokenizer, work, record["keep_position"])
+    _save(record, f"{name}.json")
+    print(name, json.dumps(record["scores"]))
 
 
 # ---- prepare ------------------------------------------------------------------------------------
@@ -282,7 +301,7 @@ def official(work: Path, seed: int, keep_position: bool) -> None:
         "loss": loss,
         "scheduled": scheduled,
         "resets": resets,
-        "scores": score(model.eval(), tokenizer, work, keep_position, official_layout=True),
+        "scores": score(model.eval(), tokenizer, work, keep_position),
     }
     _save(record, f"{name}.json")
     print(name, record["steps"], json.dumps(record["scores"]))
@@ -305,6 +324,10 @@ def trailing_mean(values: list[float], window: int = SMOOTH) -> list[float]:
 
 
 def compare() -> dict:
+    """Per run: smoothed loss at fixed steps and the scores; per keep_position and implementation
+    (``ours``, ``ours-v1`` = before the keep_position fix) against ``official``: the largest gap
+    between the seed means of the smoothed loss, against the largest seed-to-seed spread of
+    either implementation, over the steps after the first window."""
     runs = {}
     for path in sorted(RESULTS.glob("*_kp*_seed*.json")):
         record = json.loads(path.read_text())
@@ -313,10 +336,7 @@ def compare() -> dict:
         runs[(record["kind"], record["keep_position"], record["seed"])] = record
     table, verdicts = [], {}
     for kp in (False, True):
-        curves = {}
-        for (kind, k, seed), record in runs.items():
-            if k == kp:
-                curves[(kind, seed)] = trailing_mean(record["loss"])
+        curves = {(kind, seed): trailing_mean(r["loss"]) for (kind, k, seed), r in runs.items() if k == kp}
         for (kind, seed), curve in sorted(curves.items()):
             record = runs[(kind, kp, seed)]
             row = {
@@ -326,34 +346,41 @@ def compare() -> dict:
                 "steps": record["steps"],
                 "final_smoothed_loss": round(curve[-1], 4),
                 **{f"loss@{c}": round(curve[c], 4) for c in CHECKPOINTS if c < len(curve)},
-                "no_cot": record["scores"]["no_cot"]["accuracy"],
-                "with_cot": record["scores"]["with_cot"]["accuracy"],
+                **{name: value["accuracy"] for name, value in record["scores"].items()},
             }
-            if "no_cot_official_layout" in record["scores"]:
-                row["no_cot_official_layout"] = record["scores"]["no_cot_official_layout"]["accuracy"]
             table.append(row)
-        kinds = {kind for kind, _ in curves}
-        if kinds != {"ours", "official"}:
+        n = min((len(c) for c in curves.values()), default=0)
+        by_kind: dict[str, list[list[float]]] = {}
+        for (kind, _seed), curve in sorted(curves.items()):
+            by_kind.setdefault(kind, []).append(curve)
+        spread, spread_at, spread_of = 0.0, None, None
+        for kind, members in by_kind.items():
+            if kind == "ours-v1" or len(members) < 2:
+                continue
+            for step in range(SMOOTH, n):
+                values = [c[step] for c in members]
+                if max(values) - min(values) > spread:
+                    spread, spread_at, spread_of = max(values) - min(values), step, kind
+        if "official" not in by_kind:
             continue
-        n = min(len(c) for c in curves.values())
-        gap = spread = 0.0
-        gap_at = spread_at = None
-        for step in range(SMOOTH, n):  # after the first window
-            by = {kind: [curves[(kd, s)][step] for (kd, s) in curves if kd == kind] for kind in kinds}
-            mean = {kind: sum(v) / len(v) for kind, v in by.items()}
-            g = abs(mean["ours"] - mean["official"])
-            sp = max(max(v) - min(v) for v in by.values())
-            if g > gap:
-                gap, gap_at = g, step
-            if sp > spread:
-                spread, spread_at = sp, step
-        verdicts[f"keep_position={kp}"] = {
-            "largest_gap_of_seed_means": round(gap, 4),
-            "at_step": gap_at,
-            "largest_seed_spread_within_impl": round(spread, 4),
-            "spread_at_step": spread_at,
-            "gap_within_spread": gap <= spread,
-        }
+        for kind, members in by_kind.items():
+            if kind == "official":
+                continue
+            gap, gap_at = 0.0, None
+            for step in range(SMOOTH, n):
+                mine = sum(c[step] for c in members) / len(members)
+                theirs = sum(c[step] for c in by_kind["official"]) / len(by_kind["official"])
+                if abs(mine - theirs) > gap:
+                    gap, gap_at = abs(mine - theirs), step
+            verdicts[f"{kind} vs official, keep_position={kp}"] = {
+                "seeds": {"mine": len(members), "official": len(by_kind["official"])},
+                "largest_gap_of_seed_means": round(gap, 4),
+                "at_step": gap_at,
+                "largest_seed_spread": round(spread, 4),
+                "spread_at_step": spread_at,
+                "spread_of": spread_of,
+                "gap_within_spread": gap <= spread,
+            }
     summary = {"table": table, "verdicts": verdicts, "smoothing": f"trailing mean over {SMOOTH} steps"}
     _save(summary, "summary.json")
     print(json.dumps(summary, indent=1))
@@ -368,7 +395,8 @@ def _save(record: dict, name: str) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["prepare", "ours", "official", "compare"])
+    parser.add_argument("command", choices=["prepare", "ours", "official", "rescore", "compare"])
+    parser.add_argument("--name", help="rescore: the run's name (its JSON and work/runs/NAME/final)")
     parser.add_argument("--work", type=Path, default=Path("/work/fidelity_runs"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep-position", type=int, choices=[0, 1], default=1)
@@ -380,6 +408,8 @@ def main(argv=None) -> None:
         ours(args.work, args.seed, bool(args.keep_position))
     elif args.command == "official":
         official(args.work, args.seed, bool(args.keep_position))
+    elif args.command == "rescore":
+        rescore(args.work, args.name)
     else:
         compare()
 
