@@ -354,22 +354,27 @@ def compare() -> dict:
         for (kind, _seed), curve in sorted(curves.items()):
             by_kind.setdefault(kind, []).append(curve)
         spread, spread_at, spread_of = 0.0, None, None
-        for kind, members in by_kind.items():
-            if kind == "ours-v1" or len(members) < 2:
-                continue
-            for step in range(SMOOTH, n):
+        spreads = []  # per step, the larger spread of the implementations with two seeds
+        for step in range(SMOOTH, n):
+            here = 0.0
+            for kind, members in by_kind.items():
+                if kind == "ours-v1" or len(members) < 2:
+                    continue
                 values = [c[step] for c in members]
+                here = max(here, max(values) - min(values))
                 if max(values) - min(values) > spread:
                     spread, spread_at, spread_of = max(values) - min(values), step, kind
+            spreads.append(here)
         if "official" not in by_kind:
             continue
         for kind, members in by_kind.items():
             if kind == "official":
                 continue
-            gap, gap_at = 0.0, None
+            gap, gap_at, gaps = 0.0, None, []
             for step in range(SMOOTH, n):
                 mine = sum(c[step] for c in members) / len(members)
                 theirs = sum(c[step] for c in by_kind["official"]) / len(by_kind["official"])
+                gaps.append(abs(mine - theirs))
                 if abs(mine - theirs) > gap:
                     gap, gap_at = abs(mine - theirs), step
             verdicts[f"{kind} vs official, keep_position={kp}"] = {
@@ -380,6 +385,10 @@ def compare() -> dict:
                 "spread_at_step": spread_at,
                 "spread_of": spread_of,
                 "gap_within_spread": gap <= spread,
+                "mean_gap": round(sum(gaps) / max(len(gaps), 1), 4),
+                "mean_spread": round(sum(spreads) / max(len(spreads), 1), 4),
+                "steps_gap_above_spread": sum(g > sp for g, sp in zip(gaps, spreads)),
+                "steps_compared": len(gaps),
             }
     summary = {"table": table, "verdicts": verdicts, "smoothing": f"trailing mean over {SMOOTH} steps"}
     _save(summary, "summary.json")
