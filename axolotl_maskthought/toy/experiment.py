@@ -10,6 +10,7 @@ problems with the package's own :func:`~axolotl_maskthought.eval.evaluation.eval
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -511,7 +512,11 @@ def verdict(treatment: dict, baseline: dict) -> str:
 
 
 def recovery_verdict(treatment: dict, baseline: dict) -> str:
-    """How often each answer survived one injected CoT error, and the ratio, from the numbers."""
+    """How often each answer survived one injected CoT error, and the ratio, from the numbers.
+
+    A difference no larger than two standard errors of the difference of the two proportions
+    (``sqrt(p1 (1 - p1) / n1 + p2 (1 - p2) / n2)``, one seed each) is called sampling noise.
+    """
     mine, theirs = treatment["after_error_accuracy"], baseline["after_error_accuracy"]
     ratio = f", {mine / theirs:.1f}x" if theirs > 0 else ""
     better = "more" if mine > theirs else "less" if mine < theirs else "as"
@@ -521,6 +526,14 @@ def recovery_verdict(treatment: dict, baseline: dict) -> str:
     )
     if better == "as":
         return text + ": equal recovery."
+    two_se = 2 * math.sqrt(
+        mine * (1 - mine) / treatment["after_error_n"] + theirs * (1 - theirs) / baseline["after_error_n"]
+    )
+    if abs(mine - theirs) <= two_se:
+        return (
+            text + f": a difference of {mine - theirs:+.3f}, within sampling noise (two standard errors "
+            f"{two_se:.3f}); no evidence either way."
+        )
     return text + f": {better} robust to an error in its chain of thought."
 
 

@@ -105,6 +105,21 @@ def test_mft_table_and_verdict_carry_the_accuracy_after_an_error():
     assert verdict({**mft, "after_error_accuracy": 0.0}, {**sft, "after_error_accuracy": 0.0}).endswith(
         "(200 problems): equal recovery."
     )
+    # bench/RESULTS.md §8, seed 1: 0.186 vs 0.164 on 500 problems is 11 of 500, inside two standard errors
+    # (0.048): the verdict must not call that "more robust"
+    close = verdict(
+        {**mft, "after_error_accuracy": 0.186, "after_error_n": 500},
+        {**sft, "after_error_accuracy": 0.164, "after_error_n": 500},
+    )
+    assert close.endswith(
+        "(500 problems, 1.1x): a difference of +0.022, within sampling noise (two standard errors 0.048); "
+        "no evidence either way."
+    )
+    assert "robust" not in close
+    # outside two standard errors (0.12 against 0.085) it is called
+    assert verdict({**mft, "after_error_accuracy": 0.3}, sft).endswith(
+        "more robust to an error in its chain of thought."
+    )
     # the SI comparison has no recovery column: the table stays as it was
     assert "after" not in format_table([_result("no-CoT training", 0.4), _result("SI", 0.9)]).splitlines()[0]
 

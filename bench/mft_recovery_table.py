@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""Summarise bench/mft_recovery.py records: median [min, max] over seeds per arm.
+
+  python bench/mft_recovery_table.py --tag r3x3 [--split test] [--results bench/results/mft_recovery]
+
+Columns: clean with-CoT exact match, accuracy after one injected CoT error, the recovery ratio
+against SFT (the arm's median after-error accuracy over SFT's), the fraction of the clean
+accuracy kept after the error (per seed, then the median), and the runs' train CPU / wall
+seconds. Failed or unfinished runs are listed below the table, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+
+def spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+
+
+def arm_key(record: dict) -> tuple:
+    if record["arm"] == "sft":
+        return (0, "", 0.0)
+    return (1, record["replacement"], record["ratio"])
+
+
+def arm_label(key: tuple) -> str:
+    if key[0] == 0:
+        return "SFT"
+    return f"MFT {key[2]:g} {'`<mask>`' if key[1] == 'mask' else 'random'}"
+
+
+def table(records: list[dict], split: str) -> str:
+    arms: dict[tuple, list[dict]] = {}
+    for record in records:
+        if record.get("status") == "ok" and split in record.get("accuracy", {}):
+            arms.setdefault(arm_key(record), []).append(record)
+    sft = arms.get((0, "", 0.0), [])
+    sft_after = statistics.median([r["accuracy"][split]["after_error"]["accuracy"] for r in sft]) if sft else None
+    lines = [
+        f"| arm | seeds | clean exact ({split}) | after one error | recovery vs SFT | kept after error "
+        "| per seed: clean / after error | train CPU s | wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted(arms):
+        runs = sorted(arms[key], key=lambda r: r["seed"])
+        clean = [r["accuracy"][split]["clean"]["accuracy"] for r in runs]
+        after = [r["accuracy"][split]["after_error"]["accuracy"] for r in runs]
+        kept = [a / c for a, c in zip(after, clean) if c > 0]
+        ratio = f"{statistics.median(after) / sft_after:.2f}x" if sft_after else "-"
+        n_clean = runs[0]["accuracy"][split]["clean"]["n"]
+        n_after = runs[0]["accuracy"][split]["after_error"]["n"]
+        cpu = ", ".join(f"{r['train_call_cpu_s']:.0f}" for r in runs)
+        wall = ", ".join(f"{r['wall_s']:.0f}" for r in runs)
+        per_seed = ", ".join(f"s{r['seed']} {c:.3f} / {a:.3f}" for r, c, a in zip(runs, clean, after))
+        lines.append(
+            f"| {arm_label(key)} | {','.join(str(r['seed']) for r in runs)} | {spread(clean)} (n {n_clean}) "
+            f"| {spread(after)} (n {n_after}) | {ratio} | {spread(kept)} | {per_seed} "
+            f"| {cpu} | {wall} |"
+        )
+    others = [r for r in records if r.get("status") != "ok"]
+    for record in others:
+        lines.append(f"\nnot in the table: {record['name']} ({record.get('status')}: {record.get('error', '')})")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tag", required=True)
+    parser.add_argument("--split", default="test", choices=["val", "test"])
+    parser.add_argument("--results", default="bench/results/mft_recovery")
+    args = parser.parse_args()
+    records = [json.loads(path.read_text()) for path in sorted(Path(args.results).glob(f"{args.tag}_*.json"))]
+    print(table(records, args.split))
+
+
+if __name__ == "__main__":
+    main()
