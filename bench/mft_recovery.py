@@ -78,6 +78,12 @@ def parse(argv=None):
     p.add_argument("--work", default="bench/work/mft_recovery")
     p.add_argument("--results", default="bench/results/mft_recovery")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--rescore",
+        action="store_true",
+        help="no training: score the saved model of every ok run of --tag whose record lacks per-problem "
+        "results again (same eval, same splits), check the totals match and add the per-problem lists",
+    )
     args = p.parse_args(argv)
     if args.arm == "mft" and not 0 < args.ratio <= 1:
         p.error("--ratio must be in (0, 1] for --arm mft")
@@ -139,11 +145,39 @@ def score(model, tokenizer, directory: Path, splits: list[str], error_seed: int)
         scores[split] = {
             "clean": {key: clean[key] for key in ("accuracy", "correct", "n", "no_answer")},
             "after_error": {key: after[key] for key in ("accuracy", "correct", "n", "no_answer", "skipped", "rules")},
+            # per problem, in file order (the digit rule injects into every 2x2/3x3 CoT: none skipped)
+            "clean_correct_each": [bool(row["correct"]) for row in clean["predictions"]],
+            "after_error_correct_each": [bool(row["correct"]) for row in after["predictions"]],
             "eval_seconds": round(time.perf_counter() - started, 1),
             "sample_clean": clean["predictions"][:2],
             "sample_after_error": after["predictions"][:3],
         }
     return scores
+
+
+def rescore(args) -> None:
+    """Score the saved final models of ``--tag``'s ok runs again and add the per-problem lists."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for path in sorted(Path(args.results).glob(f"{args.tag}_*.json")):
+        record = json.loads(path.read_text())
+        if record.get("status") != "ok" or all("clean_correct_each" in s for s in record["accuracy"].values()):
+            continue
+        run_args = argparse.Namespace(**record["args"])
+        saved = Path(record["config"]["output_dir"])
+        model = AutoModelForCausalLM.from_pretrained(saved)
+        tokenizer = AutoTokenizer.from_pretrained(saved)
+        scores = score(model, tokenizer, data_dir(run_args), list(record["accuracy"]), run_args.error_seed)
+        for split, new in scores.items():
+            old = record["accuracy"][split]
+            for kind in ("clean", "after_error"):
+                if (new[kind]["correct"], new[kind]["n"]) != (old[kind]["correct"], old[kind]["n"]):
+                    raise SystemExit(f"{path}: {split} {kind} rescored {new[kind]} != recorded {old[kind]}")
+            old["clean_correct_each"] = new["clean_correct_each"]
+            old["after_error_correct_each"] = new["after_error_correct_each"]
+        record["rescored_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        path.write_text(json.dumps(record, indent=1, default=str))
+        print(f"rescored {path.name}: totals match", flush=True)
 
 
 def main(argv=None):
@@ -153,6 +187,8 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.rescore:
+        return rescore(args)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     name = run_name(args)

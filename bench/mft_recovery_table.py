@@ -4,9 +4,10 @@
   python bench/mft_recovery_table.py --tag r3x3 [--split test] [--results bench/results/mft_recovery]
 
 Columns: clean with-CoT exact match, accuracy after one injected CoT error, the recovery ratio
-against SFT (the arm's median after-error accuracy over SFT's), the fraction of the clean
-accuracy kept after the error (per seed, then the median), and the runs' train CPU / wall
-seconds. Failed or unfinished runs are listed below the table, never dropped silently.
+against SFT (the arm's median after-error accuracy over SFT's), the after-error accuracy over
+the clean accuracy (per seed, then the median), the fraction of the problems answered right clean
+that are still answered right after the error (per-problem lists: ``--rescore`` adds them to older
+records), the per-seed figures and the runs' train CPU / wall seconds. Failed or unfinished runs are listed below the table, never dropped silently.
 """
 
 from __future__ import annotations
@@ -25,16 +26,25 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
 
 
+def survival(scores: dict) -> float | None:
+    """Of the problems answered right clean, the fraction still answered right after the error
+    (needs the per-problem lists; None for a record without them)."""
+    clean, after = scores.get("clean_correct_each"), scores.get("after_error_correct_each")
+    if clean is None or after is None or len(clean) != len(after) or not any(clean):
+        return None
+    return sum(c and a for c, a in zip(clean, after)) / sum(clean)
+
+
 def arm_key(record: dict) -> tuple:
     if record["arm"] == "sft":
         return (0, "", 0.0)
-    return (1, record["replacement"], record["ratio"])
+    return (1, 0 if record["replacement"] == "random" else 1, record["ratio"])
 
 
 def arm_label(key: tuple) -> str:
     if key[0] == 0:
         return "SFT"
-    return f"MFT {key[2]:g} {'`<mask>`' if key[1] == 'mask' else 'random'}"
+    return f"MFT {key[2]:g} {'`<mask>`' if key[1] else 'random'}"
 
 
 def table(records: list[dict], split: str) -> str:
@@ -46,14 +56,17 @@ def table(records: list[dict], split: str) -> str:
     sft_after = statistics.median([r["accuracy"][split]["after_error"]["accuracy"] for r in sft]) if sft else None
     lines = [
         f"| arm | seeds | clean exact ({split}) | after one error | recovery vs SFT | kept after error "
-        "| per seed: clean / after error | train CPU s | wall s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| survived, of the clean-correct | per seed: clean / after error | train CPU s | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key in sorted(arms):
         runs = sorted(arms[key], key=lambda r: r["seed"])
         clean = [r["accuracy"][split]["clean"]["accuracy"] for r in runs]
         after = [r["accuracy"][split]["after_error"]["accuracy"] for r in runs]
         kept = [a / c for a, c in zip(after, clean) if c > 0]
+        survived = [survival(r["accuracy"][split]) for r in runs]
+        survived = [value for value in survived if value is not None]
+        survived_text = spread(survived) + (f" ({len(survived)} seeds)" if len(survived) < len(runs) else "")
         ratio = f"{statistics.median(after) / sft_after:.2f}x" if sft_after else "-"
         n_clean = runs[0]["accuracy"][split]["clean"]["n"]
         n_after = runs[0]["accuracy"][split]["after_error"]["n"]
@@ -62,7 +75,7 @@ def table(records: list[dict], split: str) -> str:
         per_seed = ", ".join(f"s{r['seed']} {c:.3f} / {a:.3f}" for r, c, a in zip(runs, clean, after))
         lines.append(
             f"| {arm_label(key)} | {','.join(str(r['seed']) for r in runs)} | {spread(clean)} (n {n_clean}) "
-            f"| {spread(after)} (n {n_after}) | {ratio} | {spread(kept)} | {per_seed} "
+            f"| {spread(after)} (n {n_after}) | {ratio} | {spread(kept)} | {survived_text} | {per_seed} "
             f"| {cpu} | {wall} |"
         )
     others = [r for r in records if r.get("status") != "ok"]
