@@ -20,11 +20,17 @@ Settings are chosen on the validation split (``val``); the test split (``test``)
 One JSON per run (config, seed, steps, wall and CPU seconds, accuracies with n and correct,
 log history; failures too) goes to ``--results``; ``bench/mft_recovery_table.py`` summarises them.
 
-Reproduce (package importable, e.g. ``PYTHONPATH=<clone>``; the setting of bench/RESULTS.md §8):
+The defaults are the setting of ``quickstart --mft`` and of bench/RESULTS.md §8 (2x2, 400 distinct
+training problems x 62 epochs = 775 steps, constant lr 1e-3). Reproduce (package importable, e.g.
+``PYTHONPATH=<clone>``):
 
-  OMP_NUM_THREADS=1 python bench/mft_recovery.py --arm sft --seed 0 --tag r3x3
-  OMP_NUM_THREADS=1 python bench/mft_recovery.py --arm mft --ratio 0.2 --replacement random --seed 0 --tag r3x3
-  OMP_NUM_THREADS=1 python bench/mft_recovery.py --arm mft --ratio 0.2 --replacement mask --seed 0 --tag r3x3
+  OMP_NUM_THREADS=1 python bench/mft_recovery.py --arm sft --seed 0 --tag r2x2
+  OMP_NUM_THREADS=1 python bench/mft_recovery.py --arm mft --ratio 0.2 --replacement random --seed 0 --tag r2x2
+  OMP_NUM_THREADS=1 python bench/mft_recovery.py --arm mft --ratio 0.2 --replacement mask --seed 0 --tag r2x2
+  python bench/mft_recovery_table.py --tag r2x2 --split test
+
+The issue's probe setting (3x3, ~3k distinct problems, 4,000 steps; not run here, see §8):
+``--a-digits 3 --b-digits 3 --train-rows 3008 --max-steps 4000 --epochs 43 --warmup-steps 200``.
 """
 
 from __future__ import annotations
@@ -60,16 +66,16 @@ def parse(argv=None):
     p.add_argument("--mft-warmup", type=float, default=0.66, help="masked_thought.warmup (the paper's)")
     p.add_argument("--seed", type=int, default=0, help="training seed and the tiny model's initialisation seed")
     p.add_argument("--tag", required=True, help="experiment name (results file prefix)")
-    p.add_argument("--a-digits", type=int, default=3)
-    p.add_argument("--b-digits", type=int, default=3)
-    p.add_argument("--train-rows", type=int, default=3008, help="distinct training problems (a multiple of --batch)")
+    p.add_argument("--a-digits", type=int, default=2)
+    p.add_argument("--b-digits", type=int, default=2)
+    p.add_argument("--train-rows", type=int, default=400, help="distinct training problems")
     p.add_argument("--test-rows", type=int, default=500)
     p.add_argument("--val-rows", type=int, default=200)
-    p.add_argument("--max-steps", type=int, default=4000, help="optimizer steps (0: --epochs passes)")
-    p.add_argument("--epochs", type=int, default=43, help="passes over the training rows (caps --max-steps)")
+    p.add_argument("--max-steps", type=int, default=0, help="optimizer steps (0: --epochs passes)")
+    p.add_argument("--epochs", type=int, default=62, help="passes over the training rows (with --max-steps: a cap)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup-steps", type=int, default=200, help="linear LR warm-up, then constant (0: constant)")
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear LR warm-up, then constant (0: constant)")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)
