@@ -84,6 +84,34 @@ def table(records: list[dict], split: str) -> str:
     return "\n".join(lines)
 
 
+def paired(records: list[dict], split: str) -> str:
+    """Per MFT arm: on the problems that both it and SFT of the same seed answer right clean, the
+    fraction each still answers right after the error (the same problems for both: no selection effect)."""
+    by_name = {
+        (r["arm"], r["replacement"], r["ratio"], r["seed"]): r["accuracy"][split]
+        for r in records
+        if r.get("status") == "ok" and "clean_correct_each" in r.get("accuracy", {}).get(split, {})
+    }
+    lines = [
+        f"| arm | seed | problems right clean for both ({split}) | SFT survives | MFT survives |",
+        "|---|---|---|---|---|",
+    ]
+    mft_keys = sorted((k for k in by_name if k[0] == "mft"), key=lambda k: (k[1] != "random", k[2], k[3]))
+    for arm, replacement, ratio, seed in mft_keys:
+        sft = by_name.get(("sft", None, None, seed))
+        if sft is None:
+            continue
+        mft = by_name[(arm, replacement, ratio, seed)]
+        both = [i for i, (a, b) in enumerate(zip(sft["clean_correct_each"], mft["clean_correct_each"])) if a and b]
+        if not both:
+            continue
+        sft_kept = sum(sft["after_error_correct_each"][i] for i in both) / len(both)
+        mft_kept = sum(mft["after_error_correct_each"][i] for i in both) / len(both)
+        label = arm_label((1, 0 if replacement == "random" else 1, ratio))
+        lines.append(f"| {label} | {seed} | {len(both)} | {sft_kept:.3f} | {mft_kept:.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tag", required=True)
@@ -92,6 +120,8 @@ def main() -> None:
     args = parser.parse_args()
     records = [json.loads(path.read_text()) for path in sorted(Path(args.results).glob(f"{args.tag}_*.json"))]
     print(table(records, args.split))
+    print()
+    print(paired(records, args.split))
 
 
 if __name__ == "__main__":
