@@ -116,6 +116,22 @@ def test_mft_table_and_verdict_carry_the_accuracy_after_an_error():
         "no evidence either way."
     )
     assert "robust" not in close
+    # with per-problem results: the paired figure on the problems both answer right clean (here 0, 1 and 3;
+    # problem 2 is right clean for SFT only, problem 4 for neither, so neither counts)
+    each = {
+        "clean_correct_each": [True, True, False, True, False],
+        "after_error_correct_each": [True, True, False, False, True],
+    }
+    sft_each = {
+        "clean_correct_each": [True, True, True, True, False],
+        "after_error_correct_each": [False, True, True, False, False],
+    }
+    paired = verdict({**mft, **each}, {**sft, **sft_each})
+    assert paired.endswith(
+        "On the 3 problems both answer right without an error, the answer survived it 0.667 of the time with "
+        "Masked Thought against 0.333 with SFT."
+    )
+    assert "On the" not in verdict({**mft, **each}, sft)  # one side without the lists: no paired figure
     # outside two standard errors (0.12 against 0.085) it is called
     assert verdict({**mft, "after_error_accuracy": 0.3}, sft).endswith(
         "more robust to an error in its chain of thought."
