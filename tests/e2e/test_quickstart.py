@@ -217,6 +217,11 @@ def test_quickstart_quick_runs_and_reports(tmp_path):
     # --mft's path: clean accuracy and accuracy after one injected error, in the table and the verdict
     for name in ("sft", "masked_thought"):
         assert 0 <= methods[name]["after_error_accuracy"] <= 1 and methods[name]["after_error_n"] > 0
+        # the per-problem lists behind the paired figure agree with the totals
+        result = methods[name]
+        assert len(result["clean_correct_each"]) == result["n"] == len(result["after_error_correct_each"])
+        assert sum(result["clean_correct_each"]) == result["correct"]
+        assert sum(result["after_error_correct_each"]) == result["after_error_correct"]
     assert "After one injected CoT error" in summary["comparisons"][1]["verdict"]
     assert methods["stepwise_internalization"]["history"]["removed_tokens_mean"]
     assert methods["masked_thought"]["eval"] == methods["sft"]["eval"] == "with CoT"
