@@ -13,7 +13,9 @@ problems and says, from those numbers, whether the technique beat its baseline.
   ``examples/yaml/cpu_multiplication_icot_si.yml`` (much longer);
 * ``--mft``: Masked Thought against plain CoT fine-tuning (SFT), both answering
   with their chain of thought, scored clean and after one injected CoT error
-  (``eval --inject-error``), on few training problems seen for many epochs;
+  (``eval --inject-error``), on few training problems seen for many epochs; the verdict
+  calls a difference within two standard errors noise and adds, on the problems both
+  answer right clean, how often each answer survives the error (bench/RESULTS.md §10);
 * ``--quick``: the default's and ``--mft``'s code paths at toy size (a pipeline check, not a result).
 
 Prints progress, a table and the verdict; writes ``results.json`` (before

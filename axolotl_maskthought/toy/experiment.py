@@ -10,6 +10,7 @@ problems with the package's own :func:`~axolotl_maskthought.eval.evaluation.eval
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -395,6 +396,9 @@ def run_method(
                 "after_error_accuracy": after_error["accuracy"],
                 "after_error_correct": after_error["correct"],
                 "after_error_n": after_error["n"],
+                # per held-out problem, in test.txt order: the paired comparison of recovery_verdict
+                "clean_correct_each": [bool(row["correct"]) for row in scored["predictions"]],
+                "after_error_correct_each": [bool(row["correct"]) for row in after_error["predictions"]],
             }
             if after_error is not None
             else {}
@@ -515,7 +519,11 @@ def verdict(treatment: dict, baseline: dict) -> str:
 
 
 def recovery_verdict(treatment: dict, baseline: dict) -> str:
-    """How often each answer survived one injected CoT error, and the ratio, from the numbers."""
+    """How often each answer survived one injected CoT error, and the ratio, from the numbers.
+
+    A difference no larger than two standard errors of the difference of the two proportions
+    (``sqrt(p1 (1 - p1) / n1 + p2 (1 - p2) / n2)``, one seed each) is called sampling noise.
+    """
     mine, theirs = treatment["after_error_accuracy"], baseline["after_error_accuracy"]
     ratio = f", {mine / theirs:.1f}x" if theirs > 0 else ""
     better = "more" if mine > theirs else "less" if mine < theirs else "as"
@@ -524,8 +532,37 @@ def recovery_verdict(treatment: dict, baseline: dict) -> str:
         f"against {theirs:.3f} with {baseline['label']} ({treatment['after_error_n']} problems{ratio})"
     )
     if better == "as":
-        return text + ": equal recovery."
-    return text + f": {better} robust to an error in its chain of thought."
+        return text + ": equal recovery." + _paired_recovery(treatment, baseline)
+    two_se = 2 * math.sqrt(
+        mine * (1 - mine) / treatment["after_error_n"] + theirs * (1 - theirs) / baseline["after_error_n"]
+    )
+    if abs(mine - theirs) <= two_se:
+        return (
+            text + f": a difference of {mine - theirs:+.3f}, within sampling noise (two standard errors "
+            f"{two_se:.3f}); no evidence either way." + _paired_recovery(treatment, baseline)
+        )
+    return text + f": {better} robust to an error in its chain of thought." + _paired_recovery(treatment, baseline)
+
+
+def _paired_recovery(treatment: dict, baseline: dict) -> str:
+    """On the problems both arms answer right without an error, how often each answer survives it
+    (the same problems for both, so a lower clean accuracy cannot flatter either); "" without the
+    per-problem lists (``clean_correct_each``, ``after_error_correct_each``, one entry per problem)."""
+    lists = [
+        arm.get(key) for arm in (treatment, baseline) for key in ("clean_correct_each", "after_error_correct_each")
+    ]
+    if any(item is None for item in lists) or len({len(item) for item in lists}) != 1:
+        return ""
+    mine_clean, mine_after, theirs_clean, theirs_after = lists
+    both = [index for index, (a, b) in enumerate(zip(mine_clean, theirs_clean)) if a and b]
+    if not both:
+        return ""
+    mine = sum(mine_after[index] for index in both) / len(both)
+    theirs = sum(theirs_after[index] for index in both) / len(both)
+    return (
+        f" On the {len(both)} problems both answer right without an error, the answer survived it "
+        f"{mine:.3f} of the time with {treatment['label']} against {theirs:.3f} with {baseline['label']}."
+    )
 
 
 def _accuracy_verdict(treatment: dict, baseline: dict) -> str:

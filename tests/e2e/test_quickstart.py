@@ -105,6 +105,37 @@ def test_mft_table_and_verdict_carry_the_accuracy_after_an_error():
     assert verdict({**mft, "after_error_accuracy": 0.0}, {**sft, "after_error_accuracy": 0.0}).endswith(
         "(200 problems): equal recovery."
     )
+    # bench/RESULTS.md §10, seed 1: 0.186 vs 0.164 on 500 problems is 11 of 500, inside two standard errors
+    # (0.048): the verdict must not call that "more robust"
+    close = verdict(
+        {**mft, "after_error_accuracy": 0.186, "after_error_n": 500},
+        {**sft, "after_error_accuracy": 0.164, "after_error_n": 500},
+    )
+    assert close.endswith(
+        "(500 problems, 1.1x): a difference of +0.022, within sampling noise (two standard errors 0.048); "
+        "no evidence either way."
+    )
+    assert "robust" not in close
+    # with per-problem results: the paired figure on the problems both answer right clean (here 0, 1 and 3;
+    # problem 2 is right clean for SFT only, problem 4 for neither, so neither counts)
+    each = {
+        "clean_correct_each": [True, True, False, True, False],
+        "after_error_correct_each": [True, True, False, False, True],
+    }
+    sft_each = {
+        "clean_correct_each": [True, True, True, True, False],
+        "after_error_correct_each": [False, True, True, False, False],
+    }
+    paired = verdict({**mft, **each}, {**sft, **sft_each})
+    assert paired.endswith(
+        "On the 3 problems both answer right without an error, the answer survived it 0.667 of the time with "
+        "Masked Thought against 0.333 with SFT."
+    )
+    assert "On the" not in verdict({**mft, **each}, sft)  # one side without the lists: no paired figure
+    # outside two standard errors (0.12 against 0.085) it is called
+    assert verdict({**mft, "after_error_accuracy": 0.3}, sft).endswith(
+        "more robust to an error in its chain of thought."
+    )
     # the SI comparison has no recovery column: the table stays as it was
     assert "after" not in format_table([_result("no-CoT training", 0.4), _result("SI", 0.9)]).splitlines()[0]
 
@@ -205,6 +236,11 @@ def test_quickstart_quick_runs_and_reports(tmp_path):
     # --mft's path: clean accuracy and accuracy after one injected error, in the table and the verdict
     for name in ("sft", "masked_thought"):
         assert 0 <= methods[name]["after_error_accuracy"] <= 1 and methods[name]["after_error_n"] > 0
+        # the per-problem lists behind the paired figure agree with the totals
+        result = methods[name]
+        assert len(result["clean_correct_each"]) == result["n"] == len(result["after_error_correct_each"])
+        assert sum(result["clean_correct_each"]) == result["correct"]
+        assert sum(result["after_error_correct_each"]) == result["after_error_correct"]
     assert "After one injected CoT error" in summary["comparisons"][1]["verdict"]
     assert methods["stepwise_internalization"]["history"]["removed_tokens_mean"]
     assert methods["masked_thought"]["eval"] == methods["sft"]["eval"] == "with CoT"
