@@ -142,13 +142,16 @@ def prepare_data_and_model(args, sizes, say) -> tuple[Path, Path]:
     return directory, model_dir
 
 
-def score(model, tokenizer, directory: Path, keep: bool) -> dict:
-    """No-CoT exact match of ``model`` on the validation and test files, through the package's eval."""
+def score(
+    model, tokenizer, directory: Path, keep: bool, splits=(("val", "valid.txt"), ("test", "test.txt")), no_cot=True
+):
+    """Exact match of ``model`` on the validation and test files (no CoT unless ``no_cot`` is False),
+    through the package's eval."""
     from axolotl_maskthought.eval.evaluation import evaluate_model
     from axolotl_maskthought.toy import experiment as quickstart
 
     scores = {}
-    for split, fname in (("val", "valid.txt"), ("test", "test.txt")):
+    for split, fname in splits:
         examples = quickstart.held_out_examples(directory / fname)
         t1 = time.perf_counter()
         scored = evaluate_model(
@@ -157,7 +160,7 @@ def score(model, tokenizer, directory: Path, keep: bool) -> dict:
             examples,
             "icot",
             None,
-            True,
+            no_cot,
             64,
             quickstart._max_new_tokens(tokenizer, examples),
             progress=False,
@@ -169,7 +172,7 @@ def score(model, tokenizer, directory: Path, keep: bool) -> dict:
             "n": scored["n"],
             "no_answer": scored.get("no_answer"),
             "eval_seconds": round(time.perf_counter() - t1, 1),
-            "no_cot": True,
+            "no_cot": no_cot,
             "keep_position": keep,
             "sample_predictions": scored["predictions"][:3],
         }
@@ -209,7 +212,6 @@ def main():
     try:
         import yaml
 
-        from axolotl_maskthought.eval.evaluation import evaluate_model
         from axolotl_maskthought.toy import experiment as quickstart
 
         sizes = quickstart.Sizes(
@@ -328,19 +330,8 @@ def main():
                     f"step {step}: no-CoT exact val {at_step['val']['accuracy']:.3f}, test {at_step['test']['accuracy']:.3f}"
                 )
         if args.arm == "si":  # also: does it still answer with its CoT? (only informative early on)
-            examples = quickstart.held_out_examples(directory / "valid.txt")
-            scored = evaluate_model(
-                model,
-                tokenizer,
-                examples,
-                "icot",
-                None,
-                False,
-                64,
-                quickstart._max_new_tokens(tokenizer, examples),
-                progress=False,
-            )
-            scores["val_with_cot"] = {"accuracy": scored["accuracy"], "correct": scored["correct"], "n": scored["n"]}
+            with_cot = score(model, tokenizer, directory, False, splits=(("val", "valid.txt"),), no_cot=False)["val"]
+            scores["val_with_cot"] = {key: with_cot[key] for key in ("accuracy", "correct", "n")}
         record["accuracy"] = scores
         record["history"] = history
         record["status"] = "ok"
