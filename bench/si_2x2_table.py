@@ -3,6 +3,7 @@
 median [min, max] over seeds (the spread the bench reports).
 
   python bench/si_2x2_table.py --tags distinct16k:si distinct16k:nocot gate16k:si
+  python bench/si_2x2_table.py --tags gatepos16k:si distinct16k:nocot --plot bench/figures/si_2x2_16k.png
 
 Each ``TAG:ARM`` reads ``RESULTS/TAG_ARM_seed*.json``; records whose status is not ``ok`` are listed
 as such, never scored.
@@ -35,7 +36,9 @@ def main() -> None:
     parser.add_argument("--tags", nargs="+", required=True, help="TAG:ARM pairs")
     parser.add_argument("--results", default="bench/results/si_2x2")
     parser.add_argument("--split", default="test", choices=["test", "val"])
+    parser.add_argument("--plot", help="also draw the curves (accuracy, CoT tokens removed) to this PNG")
     args = parser.parse_args()
+    drawn = []
     for pair in args.tags:
         tag, arm = pair.split(":")
         paths = sorted(Path(args.results).glob(f"{tag}_{arm}_seed*.json"))
@@ -47,6 +50,7 @@ def main() -> None:
         if not ok:
             continue
         curves = {r["seed"]: curve(r, args.split) for r in ok}
+        drawn.append((tag, arm, ok, curves))
         steps = sorted(set.intersection(*(set(c) for c in curves.values())))
         print(f"\n{tag} {arm}: no-CoT exact match on {args.split} (n = {ok[0]['accuracy'][args.split]['n']})\n")
         print("| step | " + " | ".join(f"seed {seed}" for seed in curves) + " | median [min, max] |")
@@ -57,6 +61,41 @@ def main() -> None:
             print(f"| {step} | " + " | ".join(cells) + f" | {spread(values)} |")
         walls = ", ".join(f"{r['train_runtime_s']:.0f}" for r in ok)
         print(f"\ntraining wall s (shared cores): {walls}")
+    if args.plot:
+        plot(drawn, args.split, args.plot)
+
+
+def plot(drawn: list, split: str, path: str) -> None:
+    """No-CoT exact match against the step (one line per seed) and the mean CoT tokens removed per
+    training example (``cot_removal/removed_tokens_mean``) against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (acc, removed) = plt.subplots(1, 2, figsize=(11, 3.6))
+    for index, (tag, arm, records, curves) in enumerate(drawn):
+        color = f"C{index}"
+        for record in records:
+            points = curves[record["seed"]]
+            label = f"{tag} {arm}" if record is records[0] else None
+            acc.plot(list(points), [p["accuracy"] for p in points.values()], "o-", color=color, label=label, alpha=0.8)
+            history = [e for e in record["history"] if "cot_removal/removed_tokens_mean" in e]
+            if history:
+                removed.plot(
+                    [e["step"] for e in history],
+                    [e["cot_removal/removed_tokens_mean"] for e in history],
+                    color=color,
+                    alpha=0.8,
+                    label=label,
+                )
+    acc.set(xlabel="optimizer step", ylabel=f"no-CoT exact match ({split})", ylim=(0, 1))
+    removed.set(xlabel="optimizer step", ylabel="CoT tokens removed (mean per example)")
+    acc.legend(fontsize=8)
+    removed.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"plot: {path}")
 
 
 if __name__ == "__main__":
