@@ -106,20 +106,7 @@ def prepare(work: Path, sizes: experiment.Sizes) -> dict:
 
 def held_out_accuracy(model, tokenizer, examples, no_cot: bool, keep_position: bool) -> tuple[float, float]:
     """(exact-match accuracy, digit accuracy) from the package's ``evaluate_model``."""
-    from axolotl_maskthought.eval.evaluation import evaluate_model
-
-    scored = evaluate_model(
-        model,
-        tokenizer,
-        examples,
-        "icot",
-        None,
-        no_cot,
-        250,
-        experiment._max_new_tokens(tokenizer, examples),
-        progress=False,
-        keep_position=keep_position and no_cot,
-    )
+    scored = experiment.score_examples(model, tokenizer, examples, no_cot, keep_position and no_cot, batch_size=250)
     digits_right = digits_total = 0
     for row in scored["predictions"]:
         gold = row["gold"].split()

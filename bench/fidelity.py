@@ -108,19 +108,16 @@ def score(model, tokenizer, work: Path, keep_position: bool) -> dict:
     ``no_cot_separator_kept`` (the plugin before the fix: only the second separator moves).
     """
     from axolotl_maskthought.data.formats import tokenize_icot
-    from axolotl_maskthought.eval.evaluation import evaluate_model
     from axolotl_maskthought.eval.generation import generate_greedy
     from axolotl_maskthought.eval.prompts import build_prompts
     from axolotl_maskthought.eval.scoring import score_generation
-    from axolotl_maskthought.toy.experiment import _max_new_tokens, held_out_examples
+    from axolotl_maskthought.toy.experiment import _max_new_tokens, held_out_examples, score_examples
 
     examples = held_out_examples(work / "test.txt")
     new = _max_new_tokens(tokenizer, examples)
     out = {}
     for name, no_cot in (("no_cot", True), ("with_cot", False)):
-        res = evaluate_model(
-            model, tokenizer, examples, "icot", None, no_cot, 64, new, progress=False, keep_position=keep_position
-        )
+        res = score_examples(model, tokenizer, examples, no_cot, keep_position)
         out[name] = {"accuracy": res["accuracy"], "correct": res["correct"], "n": res["n"]}
     if keep_position:
         prompts = build_prompts(tokenizer, examples, "icot", None, no_cot=True)

@@ -136,7 +136,6 @@ def score(model, tokenizer, directory: Path, splits: list[str], error_seed: int)
     """Clean with-CoT exact match and accuracy after one injected CoT error, per split, through
     the package's eval (``evaluate_model`` and ``evaluate_error_recovery``)."""
     from axolotl_maskthought.eval.error_injection import evaluate_error_recovery
-    from axolotl_maskthought.eval.evaluation import evaluate_model
     from axolotl_maskthought.toy import experiment
 
     scores = {}
@@ -144,7 +143,7 @@ def score(model, tokenizer, directory: Path, splits: list[str], error_seed: int)
         examples = experiment.held_out_examples(directory / SPLITS[split])
         max_new = experiment._max_new_tokens(tokenizer, examples)
         started = time.perf_counter()
-        clean = evaluate_model(model, tokenizer, examples, "icot", None, False, 64, max_new, progress=False)
+        clean = experiment.score_examples(model, tokenizer, examples, no_cot=False)
         after = evaluate_error_recovery(
             model, tokenizer, examples, "icot", None, error_seed, "digit", 64, max_new, False
         )

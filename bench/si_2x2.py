@@ -147,24 +147,13 @@ def score(
 ):
     """Exact match of ``model`` on the validation and test files (no CoT unless ``no_cot`` is False),
     through the package's eval."""
-    from axolotl_maskthought.eval.evaluation import evaluate_model
     from axolotl_maskthought.toy import experiment as quickstart
 
     scores = {}
     for split, fname in splits:
-        examples = quickstart.held_out_examples(directory / fname)
         t1 = time.perf_counter()
-        scored = evaluate_model(
-            model,
-            tokenizer,
-            examples,
-            "icot",
-            None,
-            no_cot,
-            64,
-            quickstart._max_new_tokens(tokenizer, examples),
-            progress=False,
-            keep_position=keep,
+        scored = quickstart.score_examples(
+            model, tokenizer, quickstart.held_out_examples(directory / fname), no_cot, keep
         )
         scores[split] = {
             "accuracy": scored["accuracy"],

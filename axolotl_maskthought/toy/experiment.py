@@ -347,7 +347,6 @@ def run_method(
     import torch
 
     from axolotl_maskthought.eval.callback import METRIC_COT, METRIC_NO_COT
-    from axolotl_maskthought.eval.evaluation import evaluate_model
 
     torch.set_num_threads(int(os.environ.get("MASKTHOUGHT_QUICKSTART_THREADS", torch.get_num_threads())))
     config_path = write_config(method, sizes, directory, model_dir, seed)
@@ -360,18 +359,7 @@ def run_method(
     train_seconds = next((entry["train_runtime"] for entry in history if "train_runtime" in entry), run_seconds)
     examples = held_out_examples(directory / "test.txt")
     keep_position = bool((method.blocks.get("cot_removal") or {}).get("keep_position"))
-    scored = evaluate_model(
-        model,
-        tokenizer,
-        examples,
-        "icot",
-        None,
-        method.no_cot_eval,
-        64,
-        _max_new_tokens(tokenizer, examples),
-        progress=False,
-        keep_position=keep_position,
-    )
+    scored = score_examples(model, tokenizer, examples, method.no_cot_eval, keep_position)
     metric = METRIC_NO_COT if method.no_cot_eval else METRIC_COT
     after_error = None
     if error_recovery and not method.no_cot_eval:
@@ -417,6 +405,26 @@ def run_method(
     )
     del model, trainer
     return result
+
+
+def score_examples(model, tokenizer, examples, no_cot: bool, keep_position: bool = False, batch_size: int = 64) -> dict:
+    """How the runner scores held-out ICoT problems: greedy :func:`~axolotl_maskthought.eval.evaluation.evaluate_model`
+    (``icot`` format, room for the whole CoT and answer), with or without CoT; returns its summary dict."""
+    from axolotl_maskthought.eval.evaluation import evaluate_model
+
+    max_new = _max_new_tokens(tokenizer, examples)
+    return evaluate_model(
+        model,
+        tokenizer,
+        examples,
+        "icot",
+        None,
+        no_cot,
+        batch_size,
+        max_new,
+        progress=False,
+        keep_position=keep_position,
+    )
 
 
 def _max_new_tokens(tokenizer, examples) -> int:
