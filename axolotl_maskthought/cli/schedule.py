@@ -9,6 +9,7 @@ against the count at the last step. This module prints the table and the report,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from pathlib import Path
 
@@ -44,10 +45,13 @@ def _notes_for(plan: SchedulePlan, previous: ScheduleRow | None, row: ScheduleRo
 
     notes = []
     if row.removal_count_most is not None:  # loss gate: a range, no single change point
-        if previous is not None and row.removal_count_most != previous.removal_count_most:
-            notes.append(f"token {show_count(row.removal_count_most)} at the earliest")
-        if previous is not None and row.removal_count != previous.removal_count:
-            notes.append(f"token {show_count(row.removal_count)} at the latest")
+        for count, previous_count, bound in (
+            (row.removal_count_most, None if previous is None else previous.removal_count_most, "earliest"),
+            (row.removal_count, None if previous is None else previous.removal_count, "latest"),
+        ):
+            if previous is not None and count != previous_count:
+                what = "no CoT left" if count == REMOVE_ALL else f"token {count}"
+                notes.append(f"{what} at the {bound}")
         return ", ".join(notes)
     if previous is not None and row.removal_count != previous.removal_count:
         if row.removal_count == REMOVE_ALL:
@@ -60,6 +64,29 @@ def _notes_for(plan: SchedulePlan, previous: ScheduleRow | None, row: ScheduleRo
     if ratio is not None and previous is not None and row.mask_rate >= ratio > previous.mask_rate:
         notes.append("mask rate at its ratio")
     return ", ".join(notes)
+
+
+def capped_at_longest_cot(plan: SchedulePlan, longest_cot: int | None) -> SchedulePlan:
+    """The plan as the table shows it: a removal count at or past ``longest_cot`` (tokens) is
+    :data:`~axolotl_maskthought.ops.schedule.REMOVE_ALL`, since no example has CoT left by then.
+
+    The counts a schedule reaches past the longest CoT (a loss gate's earliest bound runs on to
+    the end of the run) change nothing in training, so the table neither lists them nor notes
+    them. ``longest_cot`` None (lengths not computed) returns the plan unchanged.
+    """
+    from axolotl_maskthought.ops.schedule import REMOVE_ALL
+
+    if longest_cot is None or plan.cot_removal is None:
+        return plan
+
+    def cap(count: int | None) -> int | None:
+        return REMOVE_ALL if count is not None and count != REMOVE_ALL and count >= longest_cot else count
+
+    rows = [
+        dataclasses.replace(row, removal_count=cap(row.removal_count), removal_count_most=cap(row.removal_count_most))
+        for row in plan.rows
+    ]
+    return dataclasses.replace(plan, rows=rows)
 
 
 def table_rows(plan: SchedulePlan) -> list[ScheduleRow]:
@@ -296,28 +323,32 @@ def command(args: argparse.Namespace) -> int:
     if args.cot_rows < 0:
         raise CommandError(f"--cot-rows must be 0 (all) or more, got {args.cot_rows}")
     plan = plan_schedule(config, args.dataset_size, micro_batches_per_epoch=args.micro_batches_per_epoch)
-    print(describe(plan, args.config))
-    print()
-    print(format_table(plan))
+    found = training_cot_lengths(config, args.cot_rows) if plan.cot_removal is not None else None
     report = None
-    if plan.cot_removal is not None:
-        found = training_cot_lengths(config, args.cot_rows)
+    if found is not None and found.lengths is not None:
+        report = cot_report(plan, config, found.lengths, args.dataset_size, args.micro_batches_per_epoch)
+    longest = report.lengths.maximum if report is not None else None
+    shown = capped_at_longest_cot(plan, longest)
+    print(describe(shown, args.config))
+    if longest is not None:
+        print(f"counts at or past the longest CoT ({longest} tokens) are shown as 'all': no CoT left")
+    print()
+    print(format_table(shown))
+    if found is not None:
         print()
-        if found.lengths is None:
+        if report is None:
             print(
                 f"CoT lengths: not computed: {found.note}; whether the schedule reaches the end of "
                 "the CoTs is not checked"
             )
         else:
-            report = cot_report(plan, config, found.lengths, args.dataset_size, args.micro_batches_per_epoch)
             print(f"CoT lengths: {found.note}")
             print("\n".join(report.lines()))
     if plan.cot_removal is not None and plan.cot_removal.loss_gate is not None:
         print()
-        print(format_gate_bounds(plan, report.lengths.maximum if report is not None else None))
+        print(format_gate_bounds(plan, longest))
     if args.plot:
-        longest = report.lengths.maximum if report is not None else None
-        print(f"\nplot: {plot_schedule(plan, args.plot, title=Path(args.config).name, longest_cot=longest)}")
+        print(f"\nplot: {plot_schedule(shown, args.plot, title=Path(args.config).name, longest_cot=longest)}")
     return 0
 
 

@@ -290,6 +290,40 @@ def test_command_shows_the_gate_bounds(tmp_path, capsys):
     assert " ".join(rows[2][2:]) == "after the run" and len(rows) == 6  # token 7 would go at 31 at the earliest
 
 
+@pytest.mark.parametrize(
+    "removal",
+    [
+        {"loss_gate": {"min_steps": 3, "max_steps": 5}, "start_epoch": 1},  # earliest bound: token 16 by step 59
+        {"tokens_per_epoch": 4},  # 24 scheduled by the last step
+    ],
+)
+def test_table_stops_at_the_longest_cot(tmp_path, capsys, removal):
+    data = tmp_path / "m.txt"
+    rows = generate_multiplication(2, 2, 40, seed=0)
+    write_lines(data, rows)
+    config = write_yaml(
+        tmp_path / "g.yml",
+        base_model=str(build_base_model(tmp_path / "model", rows, vocab_size=300)),  # its tokenizer: CoT lengths
+        micro_batch_size=4,
+        num_epochs=6,  # 60 optimizer steps: the schedule runs well past the 2x2 CoT
+        datasets=[{"path": str(data), "type": ICOT}],
+        cot_removal=removal,
+    )
+    assert cli.main(["schedule", str(config)]) == 0
+    out = capsys.readouterr().out
+    longest = int(out.split("counts at or past the longest CoT (")[1].split()[0])
+    table = out.split("\n\n")[1].splitlines()[1:]
+    cells = [line.split()[4] for line in table]
+    numbers = [int(part) for cell in cells for part in cell.split("-") if part.isdigit()]
+    assert max(numbers) == longest - 1 and cells[-1] == "all"
+    assert not any(f"token {count}" in out for count in range(longest, longest + 10))
+    last_change = "no CoT left at the latest" if "loss_gate" in removal else "whole CoT removed from here on"
+    assert last_change in out
+    if "loss_gate" in removal:  # the earliest bound reaches the longest CoT at step 10 + 3 x longest
+        row = next(line for line in table if "no CoT left at the earliest" in line)
+        assert row.split()[0] == str(10 + 3 * longest) and row.split()[4].endswith("-all")
+
+
 def test_schedule_matches_training_with_steps_per_token_and_gate(workspace):
     """Through axolotl (its config round trip included): `steps_per_token` from `start_epoch` is exactly
     the plan; the loss gate stays within the plan's bounds at every step, its state checkpointed."""
