@@ -4,6 +4,10 @@ median [min, max] over seeds (the spread the bench reports).
 
   python bench/si_2x2_table.py --tags distinct16k:si distinct16k:nocot gate16k:si
   python bench/si_2x2_table.py --tags gatepos16k:si distinct16k:nocot --plot bench/figures/si_2x2_16k.png
+  python bench/si_2x2_table.py --study --tags s3x3p500:si s3x3gate:si s3x3:nocot --plot bench/figures/si_3x3_study.png
+
+``--study``: one row per run (pace, width, steps, CPU time, tokens removed, no-CoT exact at the end), and
+the plot draws the in-training validation curve (``eval_accuracy_no_cot``, every ``--eval-steps``).
 
 Each ``TAG:ARM`` reads ``RESULTS/TAG_ARM_seed*.json``; records whose status is not ``ok`` are listed
 as such, never scored.
@@ -37,7 +41,12 @@ def main() -> None:
     parser.add_argument("--results", default="bench/results/si_2x2")
     parser.add_argument("--split", default="test", choices=["test", "val"])
     parser.add_argument("--plot", help="also draw the curves (accuracy, CoT tokens removed) to this PNG")
+    parser.add_argument("--study", action="store_true", help="one row per run; in-training validation curves")
+    parser.add_argument("--work", default="bench/work/si_2x2", help="--study: where unfinished runs keep checkpoints")
     args = parser.parse_args()
+    if args.study:
+        study(args)
+        return
     drawn = []
     for pair in args.tags:
         tag, arm = pair.split(":")
@@ -63,6 +72,103 @@ def main() -> None:
         print(f"\ntraining wall s (shared cores): {walls}")
     if args.plot:
         plot(drawn, args.split, args.plot)
+
+
+def pace_of(record: dict) -> str:
+    """The run's removal pace in words (``no-CoT training`` for the baseline)."""
+    run = record["args"]
+    if record["arm"] == "nocot":
+        return "no-CoT training"
+    if run["pace"] == "steps":
+        return f"{run['steps_per_token']:g} steps/token"
+    if run["pace"] == "gate":
+        return f"gate {run['gate_min']}-{run['gate_max']}, recovery {run['gate_recovery']:g}"
+    return f"delta {run['steps_per_token']:g}"
+
+
+def validation_curve(record: dict) -> list[tuple[int, float]]:
+    """(step, no-CoT exact) of the in-training accuracy callback (the validation problems)."""
+    return [(e["step"], e["eval_accuracy_no_cot"]) for e in record["history"] if "eval_accuracy_no_cot" in e]
+
+
+def with_checkpoint_progress(record: dict, work: Path) -> dict:
+    """An unfinished run's record with the steps and log history of its last saved checkpoint
+    (``trainer_state.json``), its status saying so; unchanged when it has none."""
+    checkpoints = sorted(
+        (work / "runs" / record["name"] / "out").glob("checkpoint-*/trainer_state.json"),
+        key=lambda state: int(state.parent.name.split("-")[1]),
+    )
+    if not checkpoints:
+        return record
+    state = json.loads(checkpoints[-1].read_text())
+    return {
+        **record,
+        "status": f"{record.get('status')}, checkpoint {state['global_step']}",
+        "steps": state["global_step"],
+        "history": state["log_history"],
+    }
+
+
+def study(args) -> None:
+    """One row per run of the given tags, and (``--plot``) their validation and removal curves."""
+    print("| run | pace | width | steps | training CPU-s | CoT tokens removed (end) | best val (step) | val | test |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    drawn = []
+    for pair in args.tags:
+        tag, arm = pair.split(":")
+        for path in sorted(Path(args.results).glob(f"{tag}_{arm}_seed*.json")):
+            if not path.stem.split("seed")[-1].isdigit():
+                continue
+            record = json.loads(path.read_text())
+            name, status = record["name"], record.get("status")
+            if status != "ok":
+                record = with_checkpoint_progress(record, Path(args.work))
+                status = record["status"]
+            history = record.get("history") or []
+            removed = [e["cot_removal/removed_tokens_mean"] for e in history if "cot_removal/removed_tokens_mean" in e]
+            curve_points = validation_curve(record) if history else []
+            best = max(curve_points, key=lambda point: point[1], default=None)
+            accuracy = record.get("accuracy") or {}
+            cells = [
+                name if status == "ok" else f"{name} ({status})",
+                pace_of(record),
+                str(record["args"]["hidden"]),
+                str(record.get("steps", "-")),
+                f"{record['train_call_cpu_s']:.0f}" if record.get("train_call_cpu_s") else "-",
+                f"{removed[-1]:.1f}" if removed else "0",
+                f"{best[1]:.3f} ({best[0]})" if best else "-",
+                f"{accuracy['val']['accuracy']:.3f}" if "val" in accuracy else "-",
+                f"{accuracy['test']['accuracy']:.3f}" if "test" in accuracy else "-",
+            ]
+            print("| " + " | ".join(cells) + " |")
+            if history:
+                drawn.append((name, record, curve_points))
+    if args.plot:
+        plot_study(drawn, args.plot)
+
+
+def plot_study(drawn: list, path: str) -> None:
+    """In-training validation no-CoT exact and mean CoT tokens removed against the step, a line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (acc, removed) = plt.subplots(1, 2, figsize=(12, 4))
+    for index, (name, record, points) in enumerate(drawn):
+        color = f"C{index}"
+        acc.plot([p[0] for p in points], [p[1] for p in points], "o-", color=color, label=name, markersize=3)
+        history = [e for e in record["history"] if "cot_removal/removed_tokens_mean" in e]
+        if history:
+            steps = [e["step"] for e in history]
+            removed.plot(steps, [e["cot_removal/removed_tokens_mean"] for e in history], color=color, label=name)
+    acc.set(xlabel="optimizer step", ylabel="no-CoT exact (validation, in training)", ylim=(0, 1))
+    removed.set(xlabel="optimizer step", ylabel="CoT tokens removed (mean per example)")
+    acc.legend(fontsize=7)
+    removed.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"plot: {path}")
 
 
 def plot(drawn: list, split: str, path: str) -> None:
