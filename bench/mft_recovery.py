@@ -37,24 +37,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import socket
 import sys
 import time
-import traceback
 from pathlib import Path
 
-OFFLINE = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "AXOLOTL_DO_NOT_TRACK": "1",
-    "WANDB_MODE": "disabled",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-}
+import toy_run
+
 SPLITS = {"val": "valid.txt", "test": "test.txt"}
 
 
@@ -104,34 +93,6 @@ def run_name(args) -> str:
     return f"{args.tag}_{arm}_seed{args.seed}"
 
 
-def data_dir(args) -> Path:
-    return (
-        Path(args.work)
-        / "data"
-        / f"{args.a_digits}x{args.b_digits}_train{args.train_rows}_test{args.test_rows}_val{args.val_rows}_distinct"
-    )
-
-
-def prepare_data_and_model(args, sizes, say) -> tuple[Path, Path]:
-    """``prepare`` writes the data files once; each seed gets its own model (same tokenizer,
-    trained on the same training texts, initial weights drawn with the seed)."""
-    from axolotl_maskthought.toy import experiment
-
-    directory = data_dir(args)
-    marker = directory / "DONE"
-    if not marker.exists():
-        directory.mkdir(parents=True, exist_ok=True)
-        experiment.prepare(directory, sizes)
-        shutil.rmtree(directory / "prepared", ignore_errors=True)
-        marker.write_text("ok")
-    model_dir = directory / f"model_h{args.hidden}_l{args.layers}_n{args.heads}_s{args.seed}"
-    if not (model_dir / "config.json").exists():
-        train = (directory / "train_cot.txt").read_text(encoding="utf-8").splitlines()
-        experiment.build_model(model_dir, train, sizes, seed=args.seed)
-        say(f"built {model_dir}")
-    return directory, model_dir
-
-
 def score(model, tokenizer, directory: Path, splits: list[str], error_seed: int) -> dict:
     """Clean with-CoT exact match and accuracy after one injected CoT error, per split, through
     the package's eval (``evaluate_model`` and ``evaluate_error_recovery``)."""
@@ -172,7 +133,7 @@ def rescore(args) -> None:
         saved = Path(record["config"]["output_dir"])
         model = AutoModelForCausalLM.from_pretrained(saved)
         tokenizer = AutoTokenizer.from_pretrained(saved)
-        scores = score(model, tokenizer, data_dir(run_args), list(record["accuracy"]), run_args.error_seed)
+        scores = score(model, tokenizer, toy_run.data_dir(run_args), list(record["accuracy"]), run_args.error_seed)
         for split, new in scores.items():
             old = record["accuracy"][split]
             for kind in ("clean", "after_error"):
@@ -187,54 +148,35 @@ def rescore(args) -> None:
 
 def main(argv=None):
     args = parse(argv)
-    for key, value in OFFLINE.items():
-        os.environ.setdefault(key, value)
-    import torch
-
-    torch.set_num_threads(args.threads)
+    toy_run.start(args.threads)
     if args.rescore:
         return rescore(args)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     name = run_name(args)
     out_path = results / f"{name}.json"
-    record = {
-        "name": name,
-        "arm": args.arm,
-        "ratio": args.ratio if args.arm == "mft" else None,
-        "replacement": args.replacement if args.arm == "mft" else None,
-        "seed": args.seed,
-        "args": vars(args),
-        "host": socket.gethostname(),
-        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "status": "running",
-    }
-    say = lambda text: print(f"[{time.strftime('%H:%M:%S')}] {name}: {text}", flush=True)  # noqa: E731
-    out_path.write_text(json.dumps(record, indent=1))
-    wall0 = time.perf_counter()
-    try:
+    record = toy_run.new_record(
+        name,
+        args,
+        arm=args.arm,
+        ratio=args.ratio if args.arm == "mft" else None,
+        replacement=args.replacement if args.arm == "mft" else None,
+        seed=args.seed,
+    )
+    say = toy_run.sayer(name)
+    with toy_run.recorded(record, out_path, say):
         import yaml
 
         from axolotl_maskthought.toy import experiment
 
-        sizes = experiment.Sizes(
-            a_digits=args.a_digits,
-            b_digits=args.b_digits,
-            train_rows=args.train_rows,
-            test_rows=args.test_rows,
-            epochs=args.epochs,
-            micro_batch_size=args.batch,
-            learning_rate=args.lr,
-            hidden=args.hidden,
-            layers=args.layers,
-            heads=args.heads,
+        sizes = toy_run.sizes_from(
+            args,
             eval_steps=1,
             eval_accuracy_samples=0,
-            val_rows=args.val_rows,
             max_steps=args.max_steps or None,
             warmup_steps=args.warmup_steps,
         )
-        directory, model_dir = prepare_data_and_model(args, sizes, say)
+        directory, model_dir = toy_run.prepare_data_and_model(args, sizes, say)
         if args.arm == "sft":
             method = experiment.SFT
         else:
@@ -256,19 +198,11 @@ def main(argv=None):
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         record["config"] = config
         say(f"training ({args.arm} {method.blocks or ''}) config {config_path}")
-        t0, c0 = time.perf_counter(), time.process_time()
-        model, tokenizer, trainer = experiment.train_in_process(config_path)
-        train_wall, train_cpu = time.perf_counter() - t0, time.process_time() - c0
+        model, tokenizer, trainer, figures = toy_run.train_timed(config_path)
         history = trainer.state.log_history
-        runtime = next((e["train_runtime"] for e in history if "train_runtime" in e), train_wall)
-        steps = trainer.state.global_step
+        steps, runtime, train_cpu = figures["steps"], figures["train_runtime_s"], figures["train_call_cpu_s"]
         record.update(
-            steps=steps,
-            train_runtime_s=round(runtime, 1),
-            train_call_wall_s=round(train_wall, 1),
-            train_call_cpu_s=round(train_cpu, 1),  # CPU time of this process: the time on an idle core
-            steps_per_cpu_second=round(steps / train_cpu, 2) if train_cpu else None,
-            parameters=model.num_parameters(),
+            figures,
             vocab=len(tokenizer),
             mask_token_id=tokenizer.convert_tokens_to_ids("<mask>") if "<mask>" in tokenizer.get_vocab() else None,
         )
@@ -287,18 +221,6 @@ def main(argv=None):
                 for split, s in scores.items()
             )
         )
-    except BaseException as err:  # record failures too
-        record["status"] = "failed"
-        record["error"] = f"{type(err).__name__}: {err}"
-        record["traceback"] = traceback.format_exc()
-        say(f"FAILED: {record['error']}")
-        raise
-    finally:
-        record["wall_s"] = round(time.perf_counter() - wall0, 1)
-        record["cpu_s"] = round(time.process_time(), 1)
-        record["loadavg_end"] = os.getloadavg()
-        record["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        out_path.write_text(json.dumps(record, indent=1, default=str))
 
 
 if __name__ == "__main__":

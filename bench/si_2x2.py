@@ -28,24 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
-import socket
 import sys
 import time
-import traceback
 from pathlib import Path
 
-OFFLINE = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "AXOLOTL_DO_NOT_TRACK": "1",
-    "WANDB_MODE": "disabled",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-}
+import toy_run
 
 
 def parse():
@@ -112,36 +100,6 @@ def parse():
     return p.parse_args()
 
 
-def data_dir(args) -> Path:
-    return (
-        Path(args.work)
-        / "data"
-        / f"{args.a_digits}x{args.b_digits}_train{args.train_rows}_test{args.test_rows}_val{args.val_rows}_distinct"
-    )
-
-
-def prepare_data_and_model(args, sizes, say) -> tuple[Path, Path]:
-    """quickstart.prepare writes the data files and a seed-0 model; other seeds get their own
-    model (same tokenizer, trained on the same training texts, different initialisation)."""
-    from axolotl_maskthought.toy import experiment as quickstart
-
-    directory = data_dir(args)
-    marker = directory / "DONE"
-    if not marker.exists():
-        directory.mkdir(parents=True, exist_ok=True)
-        quickstart.prepare(directory, sizes)  # train_cot / train_no_cot / valid / test, model (seed 0)
-        shutil.rmtree(directory / "prepared", ignore_errors=True)
-        # move the seed-0 model under its size's name
-        marker.write_text("ok")
-    model_name = f"model_h{args.hidden}_l{args.layers}_n{args.heads}_s{args.seed}"
-    model_dir = directory / model_name
-    if not (model_dir / "config.json").exists():
-        train = (directory / "train_cot.txt").read_text(encoding="utf-8").splitlines()
-        quickstart.build_model(model_dir, train, sizes, seed=args.seed)
-        say(f"built {model_dir}")
-    return directory, model_dir
-
-
 def score(
     model, tokenizer, directory: Path, keep: bool, splits=(("val", "valid.txt"), ("test", "test.txt")), no_cot=True
 ):
@@ -170,55 +128,27 @@ def score(
 
 def main():
     args = parse()
-    for k, v in OFFLINE.items():
-        os.environ.setdefault(k, v)
-    import torch
-
-    torch.set_num_threads(args.threads)
+    toy_run.start(args.threads)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     mbpe = math.ceil(args.train_rows / args.batch)
     delta = mbpe / args.steps_per_token
     name = f"{args.tag}_{args.arm}_seed{args.seed}"
     out_path = results / f"{name}.json"
-    record = {
-        "name": name,
-        "arm": args.arm,
-        "seed": args.seed,
-        "args": vars(args),
-        "host": socket.gethostname(),
-        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "micro_batches_per_epoch_expected": mbpe,
-        "tokens_per_epoch": delta,
-        "status": "running",
-    }
-    say = lambda text: print(f"[{time.strftime('%H:%M:%S')}] {name}: {text}", flush=True)  # noqa: E731
+    record = toy_run.new_record(
+        name, args, arm=args.arm, seed=args.seed, micro_batches_per_epoch_expected=mbpe, tokens_per_epoch=delta
+    )
+    say = toy_run.sayer(name)
     failed_path = results / f"{name}.failed.json"
     if args.score_only and not failed_path.exists():
         out_path.rename(failed_path)
-    out_path.write_text(json.dumps(record, indent=1))
-    wall0 = time.perf_counter()
-    try:
+    with toy_run.recorded(record, out_path, say):
         import yaml
 
         from axolotl_maskthought.toy import experiment as quickstart
 
-        sizes = quickstart.Sizes(
-            a_digits=args.a_digits,
-            b_digits=args.b_digits,
-            train_rows=args.train_rows,
-            test_rows=args.test_rows,
-            epochs=args.epochs,
-            micro_batch_size=args.batch,
-            learning_rate=args.lr,
-            hidden=args.hidden,
-            layers=args.layers,
-            heads=args.heads,
-            eval_steps=max(args.eval_steps, 1),
-            eval_accuracy_samples=args.eval_samples,
-            val_rows=args.val_rows,
-        )
-        directory, model_dir = prepare_data_and_model(args, sizes, say)
+        sizes = toy_run.sizes_from(args, eval_steps=max(args.eval_steps, 1), eval_accuracy_samples=args.eval_samples)
+        directory, model_dir = toy_run.prepare_data_and_model(args, sizes, say)
         if args.arm == "si":
             method = quickstart.stepwise_internalization(
                 tokens_per_epoch=delta,
@@ -285,22 +215,10 @@ def main():
             history = json.loads((last / "trainer_state.json").read_text())["log_history"]
             steps, runtime = record["steps"], record["train_runtime_s"]
         else:
-            t0, c0 = time.perf_counter(), time.process_time()
-            model, tokenizer, trainer = quickstart.train_in_process(config_path)
-            train_wall, train_cpu = time.perf_counter() - t0, time.process_time() - c0
+            model, tokenizer, trainer, figures = toy_run.train_timed(config_path)
             history = trainer.state.log_history
-            runtime = next((e["train_runtime"] for e in history if "train_runtime" in e), train_wall)
-            steps = trainer.state.global_step
-            record.update(
-                steps=steps,
-                train_runtime_s=round(runtime, 1),
-                train_call_wall_s=round(train_wall, 1),
-                steps_per_second=round(steps / runtime, 2) if runtime else None,
-                train_call_cpu_s=round(train_cpu, 1),  # CPU time of this process: the speed on an idle core
-                steps_per_cpu_second=round(steps / train_cpu, 2) if train_cpu else None,
-                micro_batches_per_epoch=getattr(trainer, "micro_batches_per_epoch", None),
-                parameters=model.num_parameters(),
-            )
+            steps, runtime = figures["steps"], figures["train_runtime_s"]
+            record.update(figures, micro_batches_per_epoch=getattr(trainer, "micro_batches_per_epoch", None))
         keep = bool(args.arm == "si" and args.keep_position)
         scores = score(model, tokenizer, directory, keep)
         record["accuracy"] = scores
@@ -329,18 +247,6 @@ def main():
             f"val {scores['val']['accuracy']:.3f} ({scores['val']['correct']}/{scores['val']['n']}), "
             f"test {scores['test']['accuracy']:.3f} ({scores['test']['correct']}/{scores['test']['n']})"
         )
-    except BaseException as err:  # record failures too
-        record["status"] = "failed"
-        record["error"] = f"{type(err).__name__}: {err}"
-        record["traceback"] = traceback.format_exc()
-        say(f"FAILED: {record['error']}")
-        raise
-    finally:
-        record["wall_s"] = round(time.perf_counter() - wall0, 1)
-        record["cpu_s"] = round(time.process_time(), 1)
-        record["loadavg_end"] = os.getloadavg()
-        record["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        out_path.write_text(json.dumps(record, indent=1, default=str))
 
 
 if __name__ == "__main__":
