@@ -213,11 +213,12 @@ def main():
             model, tokenizer = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
             last = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
             history = json.loads((last / "trainer_state.json").read_text())["log_history"]
-            steps, runtime = record["steps"], record["train_runtime_s"]
+            steps = record["steps"]
         else:
-            model, tokenizer, trainer, figures = toy_run.train_timed(config_path)
+            first_step = int(Path(record["resumed_from"]).name.split("-")[1]) if "resumed_from" in record else 0
+            model, tokenizer, trainer, figures = toy_run.train_timed(config_path, first_step)
             history = trainer.state.log_history
-            steps, runtime = figures["steps"], figures["train_runtime_s"]
+            steps = figures["steps"]
             record.update(figures, micro_batches_per_epoch=getattr(trainer, "micro_batches_per_epoch", None))
         keep = bool(args.arm == "si" and args.keep_position)
         scores = score(model, tokenizer, directory, keep)
@@ -243,7 +244,7 @@ def main():
         record["history"] = history
         record["status"] = "ok"
         say(
-            f"{steps} steps in {runtime:.0f} s ({steps / runtime:.1f} steps/s); no-CoT exact: "
+            f"{steps} steps ({record['steps_per_second']} steps/s); no-CoT exact: "
             f"val {scores['val']['accuracy']:.3f} ({scores['val']['correct']}/{scores['val']['n']}), "
             f"test {scores['test']['accuracy']:.3f} ({scores['test']['correct']}/{scores['test']['n']})"
         )

@@ -109,9 +109,24 @@ def with_checkpoint_progress(record: dict, work: Path) -> dict:
     }
 
 
+def cpu_cell(record: dict) -> str:
+    """Training CPU seconds and CPU ms per step; a resumed run's total is its steps at the CPU cost per
+    step of the last call (``~``), since the earlier calls' CPU time was not recorded."""
+    cpu = record.get("train_call_cpu_s")
+    if not cpu or not isinstance(record.get("steps"), int):
+        return "-"
+    first = int(Path(record["resumed_from"]).name.split("-")[1]) if record.get("resumed_from") else 0
+    per_step = cpu / (record["steps"] - first)
+    total = f"~{per_step * record['steps']:.0f}" if first else f"{cpu:.0f}"
+    return f"{total} ({per_step * 1000:.0f})"
+
+
 def study(args) -> None:
     """One row per run of the given tags, and (``--plot``) their validation and removal curves."""
-    print("| run | pace | width | steps | training CPU-s | CoT tokens removed (end) | best val (step) | val | test |")
+    print(
+        "| run | pace | width | steps | training CPU-s (ms/step) | CoT tokens removed (end) | best val (step) "
+        "| val | test |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     drawn = []
     for pair in args.tags:
@@ -134,7 +149,7 @@ def study(args) -> None:
                 pace_of(record),
                 str(record["args"]["hidden"]),
                 str(record.get("steps", "-")),
-                f"{record['train_call_cpu_s']:.0f}" if record.get("train_call_cpu_s") else "-",
+                cpu_cell(record),
                 f"{removed[-1]:.1f}" if removed else "0",
                 f"{best[1]:.3f} ({best[0]})" if best else "-",
                 f"{accuracy['val']['accuracy']:.3f}" if "val" in accuracy else "-",

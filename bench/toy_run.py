@@ -97,11 +97,12 @@ def recorded(record: dict, out_path: Path, say):
         out_path.write_text(json.dumps(record, indent=1, default=str))
 
 
-def train_timed(config_path: Path):
+def train_timed(config_path: Path, first_step: int = 0):
     """Train as ``axolotl train CONFIG`` does (``toy.experiment.train_in_process``); returns the model,
-    tokenizer, trainer and the run's figures: ``steps``, ``train_runtime_s`` (the trainer's),
-    ``train_call_wall_s``, ``steps_per_second``, ``train_call_cpu_s`` (this process's CPU time: the
-    time on an idle core), ``steps_per_cpu_second``, ``parameters``."""
+    tokenizer, trainer and the run's figures: ``steps`` (the last step), ``train_runtime_s`` (the
+    trainer's), ``train_call_wall_s``, ``steps_per_second``, ``train_call_cpu_s`` (this process's CPU
+    time: the time on an idle core), ``steps_per_cpu_second``, ``parameters``. ``first_step``: the
+    step a resumed run starts from; the rates count the steps of this call only."""
     from axolotl_maskthought.toy import experiment
 
     t0, c0 = time.perf_counter(), time.process_time()
@@ -109,13 +110,14 @@ def train_timed(config_path: Path):
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     runtime = next((e["train_runtime"] for e in trainer.state.log_history if "train_runtime" in e), wall)
     steps = trainer.state.global_step
+    trained = steps - first_step
     figures = {
         "steps": steps,
         "train_runtime_s": round(runtime, 1),
         "train_call_wall_s": round(wall, 1),
-        "steps_per_second": round(steps / runtime, 2) if runtime else None,
+        "steps_per_second": round(trained / runtime, 2) if runtime else None,
         "train_call_cpu_s": round(cpu, 1),
-        "steps_per_cpu_second": round(steps / cpu, 2) if cpu else None,
+        "steps_per_cpu_second": round(trained / cpu, 2) if cpu else None,
         "parameters": model.num_parameters(),
     }
     return model, tokenizer, trainer, figures
