@@ -163,25 +163,31 @@ FULL = Comparison(
     error_recovery=True,
 )
 MFT = FULL
-# --long: the Stepwise Internalization recipe of examples/yaml/cpu_multiplication_icot_si.yml.
+# --long: the 3x3 recipe of examples/yaml/cpu_multiplication_icot_si.yml, the best of the 3x3 study
+# (bench/RESULTS.md §11): 20,000 distinct problems, 3,125 full-CoT steps, then one CoT token every 1,000
+# steps (all gone by step ~28,000), no CoT from there to step 40,000.
+LONG_SIZES = Sizes(
+    a_digits=3,
+    b_digits=3,
+    train_rows=20000,
+    test_rows=500,
+    epochs=64,
+    micro_batch_size=32,
+    learning_rate=1e-3,
+    hidden=128,
+    layers=2,
+    heads=4,
+    eval_steps=2000,
+    eval_accuracy_samples=200,
+    max_steps=40000,  # = 64 epochs of 625 micro-batches
+    warmup_steps=200,
+)
+LONG_PACE = Pace(start_step=3125, steps_per_token=1000)
 LONG = Comparison(
     "Stepwise Internalization vs no-CoT training, answering with NO CoT",
     NO_COT,
-    stepwise_internalization(tokens_per_epoch=1.5, start_epoch=4),
-    Sizes(
-        a_digits=3,
-        b_digits=3,
-        train_rows=8000,
-        test_rows=500,
-        epochs=24,
-        micro_batch_size=32,
-        learning_rate=1e-3,
-        hidden=128,
-        layers=3,
-        heads=4,
-        eval_steps=500,
-        eval_accuracy_samples=100,
-    ),
+    stepwise_internalization(pace=LONG_PACE, smoothing_lambda=4, keep_position=True, reset_optimizer=True),
+    LONG_SIZES,
 )
 _TOY = Sizes(
     a_digits=2,

@@ -432,14 +432,28 @@ def test_both_techniques_example_trains(tmp_path, tiny_models):
     assert any(entry.get("cot_removal/removed_tokens_mean", 0) > 0 for entry in history)
 
 
-def test_2x2_example_data_commands_give_the_runners_held_out_split(tmp_path, monkeypatch):
-    """cpu_multiplication_2x2_icot_si.yml's data commands, run as written (the python line aside): distinct
-    training problems, test and validation files of the stated sizes sharing no question with training or
-    each other, and the test file identical to the one bench/si_2x2.py and the quickstart score on."""
-    from axolotl_maskthought.cli import main as maskthought_cli
-    from axolotl_maskthought.toy.experiment import WIN_2X2_SIZES, write_problems
+def _sizes(name: str):
+    from axolotl_maskthought.toy import experiment
 
-    text = (EXAMPLES_DIR / "cpu_multiplication_2x2_icot_si.yml").read_text()
+    return {"WIN_2X2_SIZES": experiment.WIN_2X2_SIZES, "LONG_SIZES": experiment.LONG_SIZES}[name]
+
+
+@pytest.mark.parametrize(
+    "name, sizes, counts",
+    [
+        ("cpu_multiplication_2x2_icot_si.yml", "WIN_2X2_SIZES", [6400, 200, 500]),
+        ("cpu_multiplication_icot_si.yml", "LONG_SIZES", [20000, 200, 500]),
+    ],
+)
+def test_cpu_example_data_commands_give_the_runners_held_out_split(tmp_path, monkeypatch, name, sizes, counts):
+    """The CPU recipes' data commands, run as written (the python line aside): distinct training
+    problems, test and validation files of the stated sizes sharing no question with training or each
+    other, and the training and test files identical to the ones bench/si_2x2.py and the quickstart
+    (default: 2x2; ``--long``: 3x3) train and score on."""
+    from axolotl_maskthought.cli import main as maskthought_cli
+    from axolotl_maskthought.toy.experiment import write_problems
+
+    text = (EXAMPLES_DIR / name).read_text()
     commands = [line.lstrip("# ") for line in _comment_lines(text) if "generate-data multiplication" in line]
     assert len(commands) == 3
     monkeypatch.chdir(tmp_path)
@@ -457,10 +471,30 @@ def test_2x2_example_data_commands_give_the_runners_held_out_split(tmp_path, mon
     questions = {
         name: [line.split("||", 1)[0] for line in Path(path).read_text().splitlines()] for name, path in files.items()
     }
-    assert [len(set(q)) for q in questions.values()] == [len(q) for q in questions.values()] == [6400, 200, 500]
+    assert [len(set(q)) for q in questions.values()] == [len(q) for q in questions.values()] == counts
     assert not set(questions["train"]) & (set(questions["valid"]) | set(questions["test"]))
     assert not set(questions["valid"]) & set(questions["test"])
     (tmp_path / "runner").mkdir()
-    write_problems(tmp_path / "runner", WIN_2X2_SIZES)
+    write_problems(tmp_path / "runner", _sizes(sizes))
     assert Path(files["train"]).read_text() == (tmp_path / "runner" / "train_cot.txt").read_text()
     assert Path(files["test"]).read_text() == (tmp_path / "runner" / "test.txt").read_text()
+
+
+def test_quickstart_long_trains_the_3x3_example(tmp_path):
+    """``quickstart --long`` is the 3x3 recipe: its SI arm's config has the YAML's removal block and
+    run length, and its model the width, depth and heads of the YAML's model-building line."""
+    from axolotl_maskthought.toy.experiment import LONG, config_for
+
+    text = (EXAMPLES_DIR / "cpu_multiplication_icot_si.yml").read_text()
+    raw = yaml.safe_load(text)
+    config = config_for(LONG.treatment, LONG.sizes, tmp_path, tmp_path / "model", 0)
+    assert config["cot_removal"] == raw["cot_removal"]
+    keys = ("max_steps", "learning_rate", "lr_scheduler", "warmup_steps", "micro_batch_size", "weight_decay")
+    keys += ("sequence_len", "pad_to_sequence_len", "eval_steps", "cot_format", "seed")
+    assert {key: config[key] for key in keys} == {key: raw[key] for key in keys}
+    build = next(line for line in _comment_lines(text) if "build_tiny" in line)
+    for field, value in (("hidden", LONG.sizes.hidden), ("layers", LONG.sizes.layers), ("heads", LONG.sizes.heads)):
+        assert f"{field}={value}," in build, (field, build)
+    assert "vocab_size=300" in build and "max_positions=128" in build
+    baseline = config_for(LONG.baseline, LONG.sizes, tmp_path, tmp_path / "model", 0)
+    assert "cot_removal" not in baseline and baseline["max_steps"] == raw["max_steps"]
