@@ -166,21 +166,14 @@ MFT = FULL
 # --long: the 3x3 recipe of examples/yaml/cpu_multiplication_icot_si.yml, the best of the 3x3 study
 # (bench/RESULTS.md §11): 20,000 distinct problems, 3,125 full-CoT steps, then one CoT token every 1,000
 # steps (all gone by step ~28,000), no CoT from there to step 40,000.
-LONG_SIZES = Sizes(
+LONG_SIZES = replace(
+    WIN_2X2_SIZES,
     a_digits=3,
     b_digits=3,
     train_rows=20000,
-    test_rows=500,
     epochs=64,
-    micro_batch_size=32,
-    learning_rate=1e-3,
-    hidden=128,
-    layers=2,
-    heads=4,
-    eval_steps=2000,
-    eval_accuracy_samples=200,
     max_steps=40000,  # = 64 epochs of 625 micro-batches
-    warmup_steps=200,
+    eval_steps=2000,
 )
 LONG_PACE = Pace(start_step=3125, steps_per_token=1000)
 LONG = Comparison(
