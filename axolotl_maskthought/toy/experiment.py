@@ -44,10 +44,19 @@ class Sizes:
 
 @dataclass(frozen=True)
 class Pace:
-    """A Stepwise Internalization pace in optimizer steps (``cot_removal.start_step`` / ``steps_per_token``)."""
+    """A Stepwise Internalization pace in optimizer steps: ``cot_removal.start_step`` and either
+    ``steps_per_token`` (fixed) or ``loss_gate`` (``min_steps``, ``max_steps``, ``recovery``)."""
 
     start_step: int  # full-CoT steps first
-    steps_per_token: int
+    steps_per_token: int | None = None
+    loss_gate: dict | None = None
+
+    def block(self) -> dict:
+        """The ``cot_removal`` keys of this pace."""
+        if (self.steps_per_token is None) == (self.loss_gate is None):
+            raise ValueError("a Pace takes steps_per_token or loss_gate, one of the two")
+        paced = {"steps_per_token": self.steps_per_token} if self.loss_gate is None else {"loss_gate": self.loss_gate}
+        return {"start_step": self.start_step, **paced}
 
 
 @dataclass(frozen=True)
@@ -92,11 +101,7 @@ def stepwise_internalization(
     pace: Pace | None = None,
 ) -> Method:
     """SI with the Δ-per-epoch schedule, or with ``pace`` in optimizer steps (then no Δ, no start_epoch)."""
-    schedule = (
-        {"start_step": pace.start_step, "steps_per_token": pace.steps_per_token}
-        if pace is not None
-        else {"tokens_per_epoch": tokens_per_epoch, "start_epoch": start_epoch}
-    )
+    schedule = pace.block() if pace is not None else {"tokens_per_epoch": tokens_per_epoch, "start_epoch": start_epoch}
     removal = {
         **schedule,
         "smoothing_lambda": smoothing_lambda,
@@ -164,8 +169,8 @@ FULL = Comparison(
 )
 MFT = FULL
 # --long: the 3x3 recipe of examples/yaml/cpu_multiplication_icot_si.yml, the best of the 3x3 study
-# (bench/RESULTS.md §11): 20,000 distinct problems, 3,125 full-CoT steps, then one CoT token every 1,000
-# steps (all gone by step ~28,000), no CoT from there to step 40,000.
+# (bench/RESULTS.md §11): 20,000 distinct problems, 3,125 full-CoT steps, then the loss-gated pace
+# (300 to 2,000 steps a token; all gone by step ~19,000 on seed 0), no CoT from there to step 40,000.
 LONG_SIZES = replace(
     WIN_2X2_SIZES,
     a_digits=3,
@@ -175,7 +180,7 @@ LONG_SIZES = replace(
     max_steps=40000,  # = 64 epochs of 625 micro-batches
     eval_steps=2000,
 )
-LONG_PACE = Pace(start_step=3125, steps_per_token=1000)
+LONG_PACE = Pace(start_step=3125, loss_gate={"min_steps": 300, "max_steps": 2000, "recovery": 0.8})
 LONG = Comparison(
     "Stepwise Internalization vs no-CoT training, answering with NO CoT",
     NO_COT,

@@ -498,3 +498,14 @@ def test_quickstart_long_trains_the_3x3_example(tmp_path):
     assert "vocab_size=300" in build and "max_positions=128" in build
     baseline = config_for(LONG.baseline, LONG.sizes, tmp_path, tmp_path / "model", 0)
     assert "cot_removal" not in baseline and baseline["max_steps"] == raw["max_steps"]
+
+
+def test_a_pace_is_fixed_or_gated_never_both():
+    from axolotl_maskthought.toy.experiment import Pace
+
+    gate = {"min_steps": 3, "max_steps": 9, "recovery": 0.5}
+    assert Pace(start_step=5, steps_per_token=7).block() == {"start_step": 5, "steps_per_token": 7}
+    assert Pace(start_step=5, loss_gate=gate).block() == {"start_step": 5, "loss_gate": gate}
+    for wrong in (Pace(start_step=5), Pace(start_step=5, steps_per_token=7, loss_gate=gate)):
+        with pytest.raises(ValueError, match="one of the two"):
+            wrong.block()
