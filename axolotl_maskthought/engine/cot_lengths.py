@@ -322,7 +322,8 @@ def cot_left_report(
         # jump to no CoT once the count reaches K
         reached = count_at(target)
         if reached >= 1:
-            fixes.append(Fix("cot_removal.remove_all_at", reached, removal.remove_all_at))
+            note = f", a token count: the whole CoT goes once {reached} tokens are removed"
+            fixes.append(Fix("cot_removal.remove_all_at", reached, removal.remove_all_at, note))
         # an earlier start
         if removal.start_step:
             late = _smallest(lambda start: not clears(count_at(target, start_step=start)), -1, removal.start_step)

@@ -318,6 +318,7 @@ def test_train_warns_at_start_as_schedule_does(tmp_path, capsys):
         "48 of 48 examples (100.0%) still have CoT left"
     )
     assert "`num_epochs: 21` (now 4)" in out and "`cot_removal.remove_all_at: 4` (now null)" in out
+    assert "(now null), a token count: the whole CoT goes once 4 tokens are removed" in out
     for line in report:  # the same report, logged when training began
         assert line.removeprefix("WARNING: ") in train.stdout, line
     assert "[WARNING]" in train.stdout.split("CoT left in 100.0%")[0].splitlines()[-1]
