@@ -193,10 +193,10 @@ def main():
             config["save_steps"] = args.save_steps
             config["save_total_limit"] = 100 if args.score_steps else 2  # axolotl keeps 4 when null
         if args.resume:
-            ckpts = sorted((run_dir / "out").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-            if ckpts:
-                config["resume_from_checkpoint"] = str(ckpts[-1])
-                record["resumed_from"] = str(ckpts[-1])
+            last = toy_run.last_checkpoint(run_dir / "out")
+            if last is not None:
+                config["resume_from_checkpoint"] = str(last)
+                record["resumed_from"] = str(last)
         config_path = run_dir / "config.yml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         record["config"] = config
@@ -211,12 +211,13 @@ def main():
             record.update({key: previous.get(key) for key in keys}, scored_again_after=previous.get("error"))
             out = (run_dir / "out").resolve()
             model, tokenizer = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
-            last = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+            last = toy_run.last_checkpoint(out)
+            if last is None:
+                raise FileNotFoundError(f"{out}: no checkpoint-N folder to read the trainer state from")
             history = json.loads((last / "trainer_state.json").read_text())["log_history"]
             steps = record["steps"]
         else:
-            first_step = int(Path(record["resumed_from"]).name.split("-")[1]) if "resumed_from" in record else 0
-            model, tokenizer, trainer, figures = toy_run.train_timed(config_path, first_step)
+            model, tokenizer, trainer, figures = toy_run.train_timed(config_path, toy_run.resumed_step(record))
             history = trainer.state.log_history
             steps = figures["steps"]
             record.update(figures, micro_batches_per_epoch=getattr(trainer, "micro_batches_per_epoch", None))

@@ -20,6 +20,8 @@ import json
 import statistics
 from pathlib import Path
 
+import toy_run
+
 
 def spread(values: list[float]) -> str:
     """``median [min, max]`` to 3 decimals (the one value alone for a single seed)."""
@@ -94,13 +96,10 @@ def validation_curve(record: dict) -> list[tuple[int, float]]:
 def with_checkpoint_progress(record: dict, work: Path) -> dict:
     """An unfinished run's record with the steps and log history of its last saved checkpoint
     (``trainer_state.json``), its status saying so; unchanged when it has none."""
-    checkpoints = sorted(
-        (work / "runs" / record["name"] / "out").glob("checkpoint-*/trainer_state.json"),
-        key=lambda state: int(state.parent.name.split("-")[1]),
-    )
-    if not checkpoints:
+    last = toy_run.last_checkpoint(work / "runs" / record["name"] / "out")
+    if last is None:
         return record
-    state = json.loads(checkpoints[-1].read_text())
+    state = json.loads((last / "trainer_state.json").read_text())
     return {
         **record,
         "status": f"{record.get('status')}, checkpoint {state['global_step']}",
@@ -115,7 +114,7 @@ def cpu_cell(record: dict) -> str:
     cpu = record.get("train_call_cpu_s")
     if not cpu or not isinstance(record.get("steps"), int):
         return "-"
-    first = int(Path(record["resumed_from"]).name.split("-")[1]) if record.get("resumed_from") else 0
+    first = toy_run.resumed_step(record)
     per_step = cpu / (record["steps"] - first)
     total = f"~{per_step * record['steps']:.0f}" if first else f"{cpu:.0f}"
     return f"{total} ({per_step * 1000:.0f})"
@@ -140,7 +139,7 @@ def study(args) -> None:
                 record = with_checkpoint_progress(record, Path(args.work))
                 status = record["status"]
             history = record.get("history") or []
-            removed = [e["cot_removal/removed_tokens_mean"] for e in history if "cot_removal/removed_tokens_mean" in e]
+            removed = removal_curve(record)[1]
             curve_points = validation_curve(record) if history else []
             best = max(curve_points, key=lambda point: point[1], default=None)
             accuracy = record.get("accuracy") or {}
@@ -162,61 +161,59 @@ def study(args) -> None:
         plot_study(drawn, args.plot)
 
 
-def plot_study(drawn: list, path: str) -> None:
-    """In-training validation no-CoT exact and mean CoT tokens removed against the step, a line per run."""
+def removal_curve(record: dict) -> tuple[list[int], list[float]]:
+    """(steps, mean CoT tokens removed per training example) from the run's log history."""
+    logged = [e for e in record.get("history") or [] if "cot_removal/removed_tokens_mean" in e]
+    return [e["step"] for e in logged], [e["cot_removal/removed_tokens_mean"] for e in logged]
+
+
+def two_panels(figsize: tuple[float, float]):
+    """A figure with the accuracy panel left and the CoT-removed panel right."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (acc, removed) = plt.subplots(1, 2, figsize=(12, 4))
-    for index, (name, record, points) in enumerate(drawn):
-        color = f"C{index}"
-        acc.plot([p[0] for p in points], [p[1] for p in points], "o-", color=color, label=name, markersize=3)
-        history = [e for e in record["history"] if "cot_removal/removed_tokens_mean" in e]
-        if history:
-            steps = [e["step"] for e in history]
-            removed.plot(steps, [e["cot_removal/removed_tokens_mean"] for e in history], color=color, label=name)
-    acc.set(xlabel="optimizer step", ylabel="no-CoT exact (validation, in training)", ylim=(0, 1))
+    return plt.subplots(1, 2, figsize=figsize)
+
+
+def save_panels(fig, acc, removed, accuracy_label: str, fontsize: int, path: str) -> None:
+    """Label both panels (accuracy 0-1 against the step; tokens removed), add legends and write ``path``."""
+    acc.set(xlabel="optimizer step", ylabel=accuracy_label, ylim=(0, 1))
     removed.set(xlabel="optimizer step", ylabel="CoT tokens removed (mean per example)")
-    acc.legend(fontsize=7)
-    removed.legend(fontsize=7)
+    acc.legend(fontsize=fontsize)
+    removed.legend(fontsize=fontsize)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     print(f"plot: {path}")
 
 
+def plot_study(drawn: list, path: str) -> None:
+    """In-training validation no-CoT exact and mean CoT tokens removed against the step, a line per run."""
+    fig, (acc, removed) = two_panels((12, 4))
+    for index, (name, record, points) in enumerate(drawn):
+        color = f"C{index}"
+        acc.plot([p[0] for p in points], [p[1] for p in points], "o-", color=color, label=name, markersize=3)
+        steps, tokens = removal_curve(record)
+        if steps:
+            removed.plot(steps, tokens, color=color, label=name)
+    save_panels(fig, acc, removed, "no-CoT exact (validation, in training)", 7, path)
+
+
 def plot(drawn: list, split: str, path: str) -> None:
     """No-CoT exact match against the step (one line per seed) and the mean CoT tokens removed per
     training example (``cot_removal/removed_tokens_mean``) against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (acc, removed) = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig, (acc, removed) = two_panels((11, 3.6))
     for index, (tag, arm, records, curves) in enumerate(drawn):
         color = f"C{index}"
         for record in records:
             points = curves[record["seed"]]
             label = f"{tag} {arm}" if record is records[0] else None
             acc.plot(list(points), [p["accuracy"] for p in points.values()], "o-", color=color, label=label, alpha=0.8)
-            history = [e for e in record["history"] if "cot_removal/removed_tokens_mean" in e]
-            if history:
-                removed.plot(
-                    [e["step"] for e in history],
-                    [e["cot_removal/removed_tokens_mean"] for e in history],
-                    color=color,
-                    alpha=0.8,
-                    label=label,
-                )
-    acc.set(xlabel="optimizer step", ylabel=f"no-CoT exact match ({split})", ylim=(0, 1))
-    removed.set(xlabel="optimizer step", ylabel="CoT tokens removed (mean per example)")
-    acc.legend(fontsize=8)
-    removed.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    print(f"plot: {path}")
+            steps, tokens = removal_curve(record)
+            if steps:
+                removed.plot(steps, tokens, color=color, alpha=0.8, label=label)
+    save_panels(fig, acc, removed, f"no-CoT exact match ({split})", 8, path)
 
 
 if __name__ == "__main__":

@@ -123,6 +123,19 @@ def train_timed(config_path: Path, first_step: int = 0):
     return model, tokenizer, trainer, figures
 
 
+def last_checkpoint(out: Path) -> Path | None:
+    """The latest ``checkpoint-N`` folder under a run's ``output_dir`` (transformers' own lookup), or None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    found = get_last_checkpoint(str(out)) if Path(out).is_dir() else None
+    return Path(found) if found else None
+
+
+def resumed_step(record: dict) -> int:
+    """The step a run's last call started from: its ``resumed_from`` checkpoint's N, or 0."""
+    return int(Path(record["resumed_from"]).name.split("-")[1]) if record.get("resumed_from") else 0
+
+
 def sizes_from(args, **fields):
     """``toy.experiment.Sizes`` from the shared command-line arguments; ``fields`` add or override."""
     from axolotl_maskthought.toy import experiment
