@@ -147,24 +147,27 @@ def format_gate_bounds(plan: SchedulePlan, tokens: int | None = None) -> str:
 
 
 def format_table(plan: SchedulePlan) -> str:
-    header = ("step", "epoch", "micro-batch", "mask rate", "CoT removed", "")
-    lines = [header]
+    """The per-step table; a technique the config leaves out gets no column."""
+    columns = ["step", "epoch", "micro-batch"]
+    if plan.masked_thought is not None:
+        columns.append("mask rate")
+    if plan.cot_removal is not None:
+        columns.append("CoT removed")
+    numeric = len(columns)
+    lines = [(*columns, "")]
     by_step = {row.step: row for row in plan.rows}
     for row in table_rows(plan):
-        rate = "-" if row.mask_rate is None else f"{row.mask_rate:.4f}"
-        lines.append(
-            (
-                str(row.step),
-                str(row.epoch),
-                str(row.first_micro_batch),
-                rate,
-                show_removed(row),
-                _notes_for(plan, by_step.get(row.step - 1), row),
-            )
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+        cells = [str(row.step), str(row.epoch), str(row.first_micro_batch)]
+        if plan.masked_thought is not None:
+            cells.append(f"{row.mask_rate:.4f}")
+        if plan.cot_removal is not None:
+            cells.append(show_removed(row))
+        lines.append((*cells, _notes_for(plan, by_step.get(row.step - 1), row)))
+    widths = [max(len(line[i]) for line in lines) for i in range(numeric + 1)]
     text = [
-        "  ".join(cell.rjust(width) if i < 5 else cell for i, (cell, width) in enumerate(zip(line, widths))).rstrip()
+        "  ".join(
+            cell.rjust(width) if i < numeric else cell for i, (cell, width) in enumerate(zip(line, widths))
+        ).rstrip()
         for line in lines
     ]
     return "\n".join(text)

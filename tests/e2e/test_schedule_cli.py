@@ -145,6 +145,22 @@ def test_command_prints_table_and_plot(tmp_path, capsys):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_masked_thought_alone_gets_no_removal_column(tmp_path, capsys):
+    data = tmp_path / "m.txt"
+    write_lines(data, generate_multiplication(2, 2, 40, seed=0))
+    config = write_yaml(
+        tmp_path / "c.yml",
+        micro_batch_size=4,
+        num_epochs=1,
+        datasets=[{"path": str(data), "type": ICOT}],
+        masked_thought={"ratio": 0.2, "warmup": 0.5},
+    )
+    assert cli.main(["schedule", str(config)]) == 0
+    header, *rows = capsys.readouterr().out.split("\n\n")[1].splitlines()
+    assert header.split() == ["step", "epoch", "micro-batch", "mask", "rate"]
+    assert [row.split()[3] for row in rows[:2]] == ["0.0000", "0.0333"]  # ratio x step / (warmup x 10 + 1)
+
+
 @pytest.mark.parametrize(
     "config, message",
     [
@@ -281,8 +297,10 @@ def test_command_shows_the_gate_bounds(tmp_path, capsys):
     out = capsys.readouterr().out
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "loss-gated from step 10" in out and "after 3 to 8 optimizer steps per token" in out
-    table = {line.split()[0]: line.split() for line in out.split("\n\n")[1].splitlines()[1:]}
-    assert table["12"][4] == "0" and table["13"][4] == "0-1" and table["18"][4] == "1-2" and table["29"][4] == "2-6"
+    header, *lines = out.split("\n\n")[1].splitlines()
+    assert header.split()[:4] == ["step", "epoch", "micro-batch", "CoT"]  # no mask-rate column without MFT
+    table = {line.split()[0]: line.split() for line in lines}
+    assert table["12"][3] == "0" and table["13"][3] == "0-1" and table["18"][3] == "1-2" and table["29"][3] == "2-6"
     bounds = out[out.index("loss_gate bounds") :].splitlines()
     rows = [line.split() for line in bounds if line.strip() and line.split()[0].isdigit()]
     # the 2x2 CoT is 8 tokens: token k between step 10 + 3k and 10 + 8k; the run has 30 steps
@@ -313,7 +331,7 @@ def test_table_stops_at_the_longest_cot(tmp_path, capsys, removal):
     out = capsys.readouterr().out
     longest = int(out.split("counts at or past the longest CoT (")[1].split()[0])
     table = out.split("\n\n")[1].splitlines()[1:]
-    cells = [line.split()[4] for line in table]
+    cells = [line.split()[3] for line in table]  # step, epoch, micro-batch, CoT removed
     numbers = [int(part) for cell in cells for part in cell.split("-") if part.isdigit()]
     assert max(numbers) == longest - 1 and cells[-1] == "all"
     assert not any(f"token {count}" in out for count in range(longest, longest + 10))
@@ -321,7 +339,7 @@ def test_table_stops_at_the_longest_cot(tmp_path, capsys, removal):
     assert last_change in out
     if "loss_gate" in removal:  # the earliest bound reaches the longest CoT at step 10 + 3 x longest
         row = next(line for line in table if "no CoT left at the earliest" in line)
-        assert row.split()[0] == str(10 + 3 * longest) and row.split()[4].endswith("-all")
+        assert row.split()[0] == str(10 + 3 * longest) and row.split()[3].endswith("-all")
 
 
 def test_schedule_matches_training_with_steps_per_token_and_gate(workspace):
