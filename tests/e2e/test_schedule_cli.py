@@ -123,16 +123,17 @@ def test_long_runs_show_a_sample_with_every_change():
 
 
 # ---- the command -----------------------------------------------------------------------------
-def test_command_prints_table_and_plot(tmp_path, capsys):
+def config_2x2(tmp_path, num_epochs: int, **blocks) -> Path:
+    """A YAML on 40 2x2 problems, 4 a micro-batch: 10 optimizer steps per epoch."""
     data = tmp_path / "m.txt"
     write_lines(data, generate_multiplication(2, 2, 40, seed=0))
-    config = write_yaml(
-        tmp_path / "c.yml",
-        micro_batch_size=4,
-        num_epochs=2,
-        datasets=[{"path": str(data), "type": ICOT}],
-        cot_removal={"tokens_per_epoch": 2},
-        masked_thought={"ratio": 0.2, "warmup": 0},
+    datasets = [{"path": str(data), "type": ICOT}]
+    return write_yaml(tmp_path / "c.yml", micro_batch_size=4, num_epochs=num_epochs, datasets=datasets, **blocks)
+
+
+def test_command_prints_table_and_plot(tmp_path, capsys):
+    config = config_2x2(
+        tmp_path, num_epochs=2, cot_removal={"tokens_per_epoch": 2}, masked_thought={"ratio": 0.2, "warmup": 0}
     )
     plot = tmp_path / "s.png"
     assert cli.main(["schedule", str(config), "--plot", str(plot)]) == 0
@@ -146,15 +147,7 @@ def test_command_prints_table_and_plot(tmp_path, capsys):
 
 
 def test_masked_thought_alone_gets_no_removal_column(tmp_path, capsys):
-    data = tmp_path / "m.txt"
-    write_lines(data, generate_multiplication(2, 2, 40, seed=0))
-    config = write_yaml(
-        tmp_path / "c.yml",
-        micro_batch_size=4,
-        num_epochs=1,
-        datasets=[{"path": str(data), "type": ICOT}],
-        masked_thought={"ratio": 0.2, "warmup": 0.5},
-    )
+    config = config_2x2(tmp_path, num_epochs=1, masked_thought={"ratio": 0.2, "warmup": 0.5})
     assert cli.main(["schedule", str(config)]) == 0
     header, *rows = capsys.readouterr().out.split("\n\n")[1].splitlines()
     assert header.split() == ["step", "epoch", "micro-batch", "mask", "rate"]
@@ -284,15 +277,8 @@ def test_schedule_matches_training_with_gradient_accumulation(workspace):
 
 # ---- paces in optimizer steps (issue 16, item 3) ------------------------------------------------------
 def test_command_shows_the_gate_bounds(tmp_path, capsys):
-    data = tmp_path / "m.txt"
-    write_lines(data, generate_multiplication(2, 2, 40, seed=0))
-    config = write_yaml(
-        tmp_path / "g.yml",
-        micro_batch_size=4,
-        num_epochs=3,  # 10 micro-batches per epoch: 30 optimizer steps
-        datasets=[{"path": str(data), "type": ICOT}],
-        cot_removal={"loss_gate": {"min_steps": 3, "max_steps": 8}, "start_epoch": 1},
-    )
+    removal = {"loss_gate": {"min_steps": 3, "max_steps": 8}, "start_epoch": 1}
+    config = config_2x2(tmp_path, num_epochs=3, cot_removal=removal)  # 30 optimizer steps
     assert cli.main(["schedule", str(config), "--plot", str(tmp_path / "g.png")]) == 0
     out = capsys.readouterr().out
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
