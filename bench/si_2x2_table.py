@@ -191,12 +191,15 @@ def save_panels(fig, acc, removed, accuracy_label: str, fontsize: int, path: str
 def plot_study(drawn: list, path: str) -> None:
     """In-training validation no-CoT exact and mean CoT tokens removed against the step, a line per run."""
     fig, (acc, removed) = two_panels((12, 4))
-    for index, (name, record, points) in enumerate(drawn):
-        color = f"C{index}"
-        acc.plot([p[0] for p in points], [p[1] for p in points], "o-", color=color, label=name, markersize=3)
+    tags = list(dict.fromkeys(name.rsplit("_seed", 1)[0] for name, _, _ in drawn))
+    styles = ("-", "--", ":")
+    for name, record, points in drawn:  # a colour per tag (pace, arm), a line style per seed
+        color = f"C{tags.index(name.rsplit('_seed', 1)[0]) % 10}"
+        style = styles[record["args"]["seed"] % len(styles)]
+        acc.plot([p[0] for p in points], [p[1] for p in points], "o" + style, color=color, label=name, markersize=3)
         steps, tokens = removal_curve(record)
         if steps:
-            removed.plot(steps, tokens, color=color, label=name)
+            removed.plot(steps, tokens, style, color=color, label=name)
     save_panels(fig, acc, removed, "no-CoT exact (validation, in training)", 7, path)
 
 
