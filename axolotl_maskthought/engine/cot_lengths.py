@@ -119,6 +119,8 @@ class CoTLeftReport:
     without smoothing). ``no_cot_from_step``: the first step from which the
     scheduled count alone leaves no example any CoT (None: never). ``fixes``:
     settings, with values, each of which clears the longest CoT by ``target_step``.
+    ``gate_max_steps``: for a loss-gated pace, its ``max_steps``; the counts are then the
+    latest bound (every token waiting that long), so the report words them as a worst case.
     """
 
     lengths: LengthSummary
@@ -129,6 +131,14 @@ class CoTLeftReport:
     no_cot_from_step: int | None
     target_step: int
     fixes: tuple[Fix, ...]
+    gate_max_steps: int | None = None  # a loss-gated pace: the counts are its latest bound
+
+    @property
+    def worst_case(self) -> str:
+        """For a loss gate, the condition the counts hold under ("" for a fixed pace)."""
+        if self.gate_max_steps is None:
+            return ""
+        return f"if every token waits `cot_removal.loss_gate.max_steps` ({self.gate_max_steps}, the latest bound), "
 
     @property
     def share_with_cot_left(self) -> float:
@@ -141,7 +151,8 @@ class CoTLeftReport:
         scheduled = "the whole CoT" if self.final_count == REMOVE_ALL else f"{self.final_count} CoT tokens"
         lines = [
             f"CoT lengths of the training data: {self.lengths.text()}",
-            f"at the last optimizer step ({self.final_step}) {scheduled} scheduled for removal: "
+            f"at the last optimizer step ({self.final_step}){', ' + self.worst_case if self.worst_case else ' '}"
+            f"{scheduled} scheduled for removal: "
             f"{self.with_cot_left} of {self.lengths.count} examples "
             f"({100 * self.share_with_cot_left:.1f}%) still have CoT left"
             + (
@@ -164,9 +175,14 @@ class CoTLeftReport:
     def warning(self) -> str:
         """Why CoT left at the end is a problem, and the fixes (one per line)."""
         text = (
-            f"training ends with CoT left in {100 * self.share_with_cot_left:.1f}% of the examples: "
+            f"{self.worst_case}training ends with CoT left in {100 * self.share_with_cot_left:.1f}% of the examples: "
             "the model never trains to answer without it, and `eval --no-cot` will find no answer. "
         )
+        if self.gate_max_steps is not None:
+            text += (
+                "The gate removes a token sooner once the loss has recovered, so this is the worst case; "
+                "whether CoT is left depends on the run (the `cot_removal/scheduled` metric shows it). "
+            )
         tail = self.final_step - self.target_step + 1
         return (
             text + f"Any one of these removes the longest CoT ({self.lengths.maximum} tokens) by step "
@@ -297,8 +313,10 @@ def cot_left_report(
             too_slow = _smallest(lambda steps: not clears(count_at(target, steps_per_token=steps)), 0, step_pace)
             if too_slow is not None and too_slow > 1:
                 note = ""
-                if removal.loss_gate is not None and too_slow - 1 < removal.loss_gate.min_steps:
-                    note = f", with `cot_removal.loss_gate.min_steps` at most {too_slow - 1}"
+                if removal.loss_gate is not None:
+                    note = ", which makes tokens go before the loss has recovered whenever it binds"
+                    if too_slow - 1 < removal.loss_gate.min_steps:
+                        note += f"; with `cot_removal.loss_gate.min_steps` at most {too_slow - 1}"
                 fixes.append(Fix(step_pace_key, too_slow - 1, step_pace, note))
         else:
             # a faster pace (integer Δ), at most one token per micro-batch
@@ -334,7 +352,12 @@ def cot_left_report(
         ]
         if starts:
             fixes.append(Fix("cot_removal.start_epoch", starts[0], removal.start_epoch))
-    return CoTLeftReport(summary, final_step, final_count, len(left), smoothed, no_cot_from, target, tuple(fixes))
+    gate_max_steps = removal.loss_gate.max_steps if removal.loss_gate is not None else None
+    if gate_max_steps is not None:  # a tighter cap is the last resort: the 3x3 study's misses came from the cap
+        fixes.sort(key=lambda fix: fix.key == step_pace_key)
+    return CoTLeftReport(
+        summary, final_step, final_count, len(left), smoothed, no_cot_from, target, tuple(fixes), gate_max_steps
+    )
 
 
 def _show(value) -> str:

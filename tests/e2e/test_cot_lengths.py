@@ -322,3 +322,17 @@ def test_train_warns_at_start_as_schedule_does(tmp_path, capsys):
     for line in report:  # the same report, logged when training began
         assert line.removeprefix("WARNING: ") in train.stdout, line
     assert "[WARNING]" in train.stdout.split("CoT left in 100.0%")[0].splitlines()[-1]
+
+
+def test_a_loss_gate_is_reported_as_its_worst_case():
+    # the 3x3 recipe: 25-token CoTs, 625 micro-batches an epoch, the gate from step 3125, 40,000 steps
+    removal = CoTRemovalConfig(start_step=3125, loss_gate={"min_steps": 300, "max_steps": 2000, "recovery": 0.8})
+    report = cot_left_report([25] * 20_000, removal, 40_000, 1, 625, length_setting="max_steps")
+    assert report.final_count == (39_999 - 3125) // 2000  # the latest bound: 18 tokens
+    assert "if every token waits `cot_removal.loss_gate.max_steps` (2000, the latest bound)" in report.lines()[1]
+    assert "this is the worst case" in report.warning()
+    # a tighter cap forces tokens out before the loss recovers: offered last, and saying so
+    assert [fix.key for fix in report.fixes][-1] == "cot_removal.loss_gate.max_steps"
+    assert "before the loss has recovered" in str(report.fixes[-1])
+    fixed = cot_left_report([25] * 20_000, CoTRemovalConfig(start_step=3125, steps_per_token=2000), 40_000, 1, 625)
+    assert "latest bound" not in "\n".join(fixed.lines()) and "worst case" not in fixed.warning()
