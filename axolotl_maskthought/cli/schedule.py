@@ -151,8 +151,8 @@ def format_table(plan: SchedulePlan) -> str:
     columns = ["step", "epoch", "micro-batch"]
     if plan.masked_thought is not None:
         columns.append("mask rate")
-    if plan.cot_removal is not None:
-        columns.append("CoT removed")
+    if plan.cot_removal is not None:  # a gate's cell is a range: the latest bound's count - the earliest's
+        columns.append("CoT removed" if plan.cot_removal.loss_gate is None else "CoT removed (fewest-most)")
     numeric = len(columns)
     lines = [(*columns, "")]
     by_step = {row.step: row for row in plan.rows}

@@ -284,7 +284,8 @@ def test_command_shows_the_gate_bounds(tmp_path, capsys):
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "loss-gated from step 10" in out and "after 3 to 8 optimizer steps per token" in out
     header, *lines = out.split("\n\n")[1].splitlines()
-    assert header.split()[:4] == ["step", "epoch", "micro-batch", "CoT"]  # no mask-rate column without MFT
+    # no mask-rate column without MFT; a gate's count is a range
+    assert header.split() == ["step", "epoch", "micro-batch", "CoT", "removed", "(fewest-most)"]
     table = {line.split()[0]: line.split() for line in lines}
     assert table["12"][3] == "0" and table["13"][3] == "0-1" and table["18"][3] == "1-2" and table["29"][3] == "2-6"
     bounds = out[out.index("loss_gate bounds") :].splitlines()
