@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from axolotl_maskthought.adapters.axolotl.dataset_lengths import COT_SAMPLE_ROWS, training_cot_lengths
@@ -148,21 +149,22 @@ def format_gate_bounds(plan: SchedulePlan, tokens: int | None = None) -> str:
 
 def format_table(plan: SchedulePlan) -> str:
     """The per-step table; a technique the config leaves out gets no column."""
-    columns = ["step", "epoch", "micro-batch"]
+    columns: list[tuple[str, Callable[[ScheduleRow], str]]] = [
+        ("step", lambda row: str(row.step)),
+        ("epoch", lambda row: str(row.epoch)),
+        ("micro-batch", lambda row: str(row.first_micro_batch)),
+    ]
     if plan.masked_thought is not None:
-        columns.append("mask rate")
+        columns.append(("mask rate", lambda row: f"{row.mask_rate:.4f}"))
     if plan.cot_removal is not None:  # a gate's cell is a range: the latest bound's count - the earliest's
-        columns.append("CoT removed" if plan.cot_removal.loss_gate is None else "CoT removed (fewest-most)")
+        title = "CoT removed" if plan.cot_removal.loss_gate is None else "CoT removed (fewest-most)"
+        columns.append((title, show_removed))
     numeric = len(columns)
-    lines = [(*columns, "")]
+    lines = [(*(title for title, _ in columns), "")]
     by_step = {row.step: row for row in plan.rows}
     for row in table_rows(plan):
-        cells = [str(row.step), str(row.epoch), str(row.first_micro_batch)]
-        if plan.masked_thought is not None:
-            cells.append(f"{row.mask_rate:.4f}")
-        if plan.cot_removal is not None:
-            cells.append(show_removed(row))
-        lines.append((*cells, _notes_for(plan, by_step.get(row.step - 1), row)))
+        notes = _notes_for(plan, by_step.get(row.step - 1), row)
+        lines.append((*(cell(row) for _, cell in columns), notes))
     widths = [max(len(line[i]) for line in lines) for i in range(numeric + 1)]
     text = [
         "  ".join(

@@ -258,7 +258,8 @@ def cot_left_report(
     longest = summary.maximum
     removal = cot_removal
     # a pace in optimizer steps; a loss gate is judged by its latest bound (what it removes for sure)
-    step_pace = removal.loss_gate.max_steps if removal.loss_gate is not None else removal.steps_per_token
+    gate_max_steps = removal.loss_gate.max_steps if removal.loss_gate is not None else None
+    step_pace = gate_max_steps if gate_max_steps is not None else removal.steps_per_token
     step_pace_key = (
         "cot_removal.loss_gate.max_steps" if removal.loss_gate is not None else "cot_removal.steps_per_token"
     )
@@ -352,7 +353,6 @@ def cot_left_report(
         ]
         if starts:
             fixes.append(Fix("cot_removal.start_epoch", starts[0], removal.start_epoch))
-    gate_max_steps = removal.loss_gate.max_steps if removal.loss_gate is not None else None
     if gate_max_steps is not None:  # a tighter cap is the last resort: the 3x3 study's misses came from the cap
         fixes.sort(key=lambda fix: fix.key == step_pace_key)
     return CoTLeftReport(
