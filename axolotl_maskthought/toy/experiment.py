@@ -45,16 +45,20 @@ class Sizes:
 @dataclass(frozen=True)
 class Pace:
     """A Stepwise Internalization pace in optimizer steps: ``cot_removal.start_step`` and either
-    ``steps_per_token`` (fixed) or ``loss_gate`` (``min_steps``, ``max_steps``, ``recovery``)."""
+    ``steps_per_token`` (fixed) or ``loss_gate`` (``min_steps``, ``max_steps``, ``recovery``).
+
+    Raises ``ValueError`` when given both or neither."""
 
     start_step: int  # full-CoT steps first
     steps_per_token: int | None = None
     loss_gate: dict | None = None
 
-    def block(self) -> dict:
-        """The ``cot_removal`` keys of this pace."""
+    def __post_init__(self) -> None:
         if (self.steps_per_token is None) == (self.loss_gate is None):
             raise ValueError("a Pace takes steps_per_token or loss_gate, one of the two")
+
+    def block(self) -> dict:
+        """The ``cot_removal`` keys of this pace."""
         paced = {"steps_per_token": self.steps_per_token} if self.loss_gate is None else {"loss_gate": self.loss_gate}
         return {"start_step": self.start_step, **paced}
 

@@ -506,6 +506,6 @@ def test_a_pace_is_fixed_or_gated_never_both():
     gate = {"min_steps": 3, "max_steps": 9, "recovery": 0.5}
     assert Pace(start_step=5, steps_per_token=7).block() == {"start_step": 5, "steps_per_token": 7}
     assert Pace(start_step=5, loss_gate=gate).block() == {"start_step": 5, "loss_gate": gate}
-    for wrong in (Pace(start_step=5), Pace(start_step=5, steps_per_token=7, loss_gate=gate)):
+    for wrong in ({}, {"steps_per_token": 7, "loss_gate": gate}):
         with pytest.raises(ValueError, match="one of the two"):
-            wrong.block()
+            Pace(start_step=5, **wrong)
