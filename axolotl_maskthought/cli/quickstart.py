@@ -10,7 +10,7 @@ problems and says, from those numbers, whether the technique beat its baseline.
   optimizer steps on 2x2 multiplication, both answering with NO chain of thought; the
   two arms train side by side, one process per core (``--jobs 1``: one after the other);
 * ``--long``: the same comparison on 3x3, the recipe of
-  ``examples/yaml/cpu_multiplication_icot_si.yml`` (40,000 steps an arm: about 45 minutes on 2 idle cores, estimated);
+  ``examples/yaml/cpu_multiplication_icot_si.yml`` (55,000 steps an arm: about 65 minutes on 2 idle cores, estimated);
 * ``--mft``: Masked Thought against plain CoT fine-tuning (SFT), both answering
   with their chain of thought, scored clean and after one injected CoT error
   (``eval --inject-error``), on few training problems seen for many epochs; the verdict
@@ -133,7 +133,7 @@ def register(subparsers) -> None:
         "--long",
         action="store_true",
         help="Stepwise Internalization vs no-CoT training on 3x3 (the recipe of "
-        "examples/yaml/cpu_multiplication_icot_si.yml; 40,000 steps an arm, about 45 minutes on 2 idle cores, estimated)",
+        "examples/yaml/cpu_multiplication_icot_si.yml; 55,000 steps an arm, about 65 minutes on 2 idle cores, estimated)",
     )
     parser.add_argument(
         "--mft",

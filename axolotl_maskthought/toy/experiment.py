@@ -172,19 +172,19 @@ FULL = Comparison(
     error_recovery=True,
 )
 MFT = FULL
-# --long: the 3x3 recipe of examples/yaml/cpu_multiplication_icot_si.yml, the best of the 3x3 study
-# (bench/RESULTS.md §11): 20,000 distinct problems, 3,125 full-CoT steps, then the loss-gated pace
-# (300 to 2,000 steps a token; all gone by step ~19,000 on seed 0), no CoT from there to step 40,000.
+# --long: the 3x3 recipe of examples/yaml/cpu_multiplication_icot_si.yml, the best median of the 3x3 study
+# (bench/RESULTS.md §11): 20,000 distinct problems, 3,125 full-CoT steps, then one CoT token every 2,000
+# steps (all 25 gone at step 53,125), 55,000 steps.
 LONG_SIZES = replace(
     WIN_2X2_SIZES,
     a_digits=3,
     b_digits=3,
     train_rows=20000,
-    epochs=64,
-    max_steps=40000,  # = 64 epochs of 625 micro-batches
+    epochs=88,
+    max_steps=55000,  # = 88 epochs of 625 micro-batches
     eval_steps=2000,
 )
-LONG_PACE = Pace(start_step=3125, loss_gate={"min_steps": 300, "max_steps": 2000, "recovery": 0.8})
+LONG_PACE = Pace(start_step=3125, steps_per_token=2000)
 LONG = Comparison(
     "Stepwise Internalization vs no-CoT training, answering with NO CoT",
     NO_COT,

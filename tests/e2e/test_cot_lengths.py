@@ -325,7 +325,7 @@ def test_train_warns_at_start_as_schedule_does(tmp_path, capsys):
 
 
 def test_a_loss_gate_is_reported_as_its_worst_case():
-    # the 3x3 recipe: 25-token CoTs, 625 micro-batches an epoch, the gate from step 3125, 40,000 steps
+    # the former (gated) 3x3 recipe: 25-token CoTs, 625 micro-batches an epoch, the gate from step 3125, 40,000 steps
     removal = CoTRemovalConfig(start_step=3125, loss_gate={"min_steps": 300, "max_steps": 2000, "recovery": 0.8})
     report = cot_left_report([25] * 20_000, removal, 40_000, 1, 625, length_setting="max_steps")
     assert report.final_count == (39_999 - 3125) // 2000  # the latest bound: 18 tokens
